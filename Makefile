@@ -1,0 +1,28 @@
+# Two commands for a fresh machine: `make run` (the quickstart) and `make test` (the suite).
+# Both create .venv when missing and reinstall only when pyproject.toml changed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test test-slow lint install
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/nasbench quickstart
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) lint
+	$(BIN)/pytest -q
+
+# Slow and Ray-cluster tests: run by CI when its budget allows.
+test-slow: $(STAMP)
+	$(BIN)/pytest -q -m "slow or ray"

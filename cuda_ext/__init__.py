@@ -1,0 +1,1 @@
+"""C++/CUDA kernels for pruning hot paths, with PyTorch fallbacks."""

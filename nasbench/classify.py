@@ -1,0 +1,71 @@
+"""Plain supervised training and evaluation for image classifiers (used by quickstart and prune)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from nasbench.progress import track
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy in percent; restores the model's train/eval mode."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for images, labels in loader:
+        logits = model(images.to(device))
+        correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+        total += labels.numel()
+    model.train(was_training)
+    return 100.0 * correct / max(total, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    *,
+    epochs: int,
+    lr: float = 0.05,
+    weight_decay: float = 5e-4,
+    device: str | torch.device = "cpu",
+    after_step: Callable[[], None] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> None:
+    """SGD with momentum and a cosine schedule; `after_step` lets pruners re-apply masks."""
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                weight_decay=weight_decay)
+    steps = max(1, epochs * len(train_loader))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    loss_fn = nn.CrossEntropyLoss()
+    for epoch in track(range(epochs), "training", total=epochs):
+        running, batches = 0.0, 0
+        for images, labels in train_loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(images.to(device)), labels.to(device))
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if after_step is not None:
+                after_step()
+            running += float(loss.detach())
+            batches += 1
+        if on_epoch is not None:
+            on_epoch(epoch, running / max(batches, 1))
+
+
+def small_cnn(in_chans: int, num_classes: int, width: int = 16) -> nn.Module:
+    """A small standard CNN: the quickstart's baseline model before supernets exist."""
+    return nn.Sequential(
+        nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4 * width),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
+    )

@@ -1,0 +1,75 @@
+"""The `nasbench` command line: one typer app, one module per subcommand.
+
+User mistakes (`UserError`) print one line to stderr and exit 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from nasbench.commands import (
+    bench,
+    cluster,
+    export,
+    jobs,
+    latency,
+    prune,
+    quickstart,
+    results,
+    search,
+    submit,
+    train,
+)
+from nasbench_core.errors import UserError
+
+app = typer.Typer(
+    name="nasbench",
+    help="Workbench for neural architecture search and pruning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command("train", help="Train a weight-sharing supernet (BigNAS sandwich rule).")(train.command)
+app.command("prune", help="Prune a model: global magnitude, lottery tickets, layer-adaptive DP.")(prune.command)
+app.command("search", help="Multi-objective hardware-aware search over a trained supernet.")(search.command)
+app.command("export", help="Export a chosen subnet of a search run to ONNX, verified.")(export.command)
+app.add_typer(latency.app, name="latency", help="Measure latency tables and fit latency predictors.")
+app.command(
+    "submit",
+    help="Submit a nasbench command to a Ray cluster: nasbench submit -- train cfg.yaml",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)(submit.command)
+app.add_typer(jobs.app, name="jobs", help="List, inspect, follow and stop Ray jobs.")
+app.add_typer(cluster.app, name="cluster", help="Start, stop and inspect a local Ray cluster.")
+app.command("results", help="List runs, or show one run's manifest and tables.")(results.command)
+app.command("bench", help="Run a registered benchmark; writes results/bench/NAME.json.")(bench.command)
+app.command("quickstart", help="The whole pipeline on digits, on CPU, in minutes.")(quickstart.command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: maps user errors to one line + exit 2."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        print(f"nasbench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("nasbench: aborted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:
+        message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "nasbench"
+        print(f"{command}: error: {message}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""One module per CLI subcommand; `nasbench.cli` registers them."""

@@ -1,0 +1,129 @@
+"""Load a YAML config, apply `--set key=value` overrides and validate it, with one-line errors.
+
+Every message names the file (or `--set`), the dotted key and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from nasbench_core.errors import ConfigError
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """The mapping in a YAML file; empty files give {}."""
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config path is not a file: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """`a.b=3` -> (["a", "b"], 3); values are typed by YAML (ints, floats, bools, lists)."""
+    parsed = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        parts = key.split(".")
+        if not sep or not key or any(not p for p in parts):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value {raw!r} is not a valid YAML scalar/list") from None
+        parsed.append((parts, value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    for parts, value in parse_overrides(overrides):
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                prefix = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {'.'.join(parts)}: {prefix!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _allowed_keys(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Field names of the sub-model at `loc` (for 'unknown key' messages)."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if fields is None or part not in fields:
+            break
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if current is None:
+            return []
+    fields = getattr(current, "model_fields", None)
+    return sorted(fields) if fields else []
+
+
+def describe_validation_error(exc: ValidationError, model: type[BaseModel], source: str) -> str:
+    err = exc.errors()[0]
+    loc = list(err["loc"])
+    key = ".".join(str(p) for p in loc) or "<top>"
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1])
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{source}: unknown key {key!r}{hint}"
+    if err["type"] == "missing":
+        return f"{source}: missing required key {key!r}"
+    got = err.get("input")
+    got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
+    msg = err["msg"][0].lower() + err["msg"][1:]
+    return f"{source}: key {key!r}: {msg}{got_text}"
+
+
+def load_config(
+    model: type[ModelT], path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> ModelT:
+    """Validate YAML at `path` (or defaults) plus overrides into `model`."""
+    source = str(path) if path is not None else "defaults"
+    data = read_yaml(Path(path)) if path is not None else {}
+    data = apply_overrides(data, overrides)
+    if overrides:
+        source = f"{source} + --set"
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, model, source)) from None
+
+
+def dump_config(config: BaseModel) -> str:
+    """The resolved config as YAML, for the run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

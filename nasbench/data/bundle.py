@@ -1,0 +1,171 @@
+"""Build deterministic train/val loaders for any named dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+
+from nasbench.data import sources
+from nasbench_core.errors import DataError
+from nasbench_core.seeding import torch_generator
+
+
+@dataclass
+class DataBundle:
+    """Loaders plus the facts a model needs to be built for them."""
+
+    name: str
+    train_dataset: Dataset
+    val_dataset: Dataset
+    num_classes: int
+    in_chans: int
+    resolution: int
+    batch_size: int
+    seed: int
+    num_workers: int = 0
+
+    def loader(self, dataset: Dataset, *, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            generator=torch_generator(self.seed) if shuffle else None,
+            num_workers=self.num_workers,
+        )
+
+    @property
+    def train_loader(self) -> DataLoader:
+        return self.loader(self.train_dataset, shuffle=True)
+
+    @property
+    def val_loader(self) -> DataLoader:
+        return self.loader(self.val_dataset, shuffle=False)
+
+
+def _split_indices(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    perm = torch.randperm(n, generator=torch_generator(seed))
+    n_val = max(1, round(n * val_fraction))
+    return perm[n_val:], perm[:n_val]
+
+
+def _adapt_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 1:
+        return images.expand(-1, channels, -1, -1).contiguous()
+    gray = images.mean(dim=1, keepdim=True)
+    return gray if channels == 1 else gray.expand(-1, channels, -1, -1).contiguous()
+
+
+def _in_memory(name: str, cfg: Any) -> DataBundle:
+    src = sources.IN_MEMORY[name](cfg.seed)
+    images, labels = src.images, src.labels
+    resolution = cfg.resolution or images.shape[-1]
+    channels = cfg.channels or images.shape[1]
+    if images.shape[-1] != resolution:
+        images = torch.nn.functional.interpolate(
+            images, size=(resolution, resolution), mode="bilinear", align_corners=False,
+            antialias=resolution < images.shape[-1],
+        )
+    images = _adapt_channels(images, channels)
+    train_idx, val_idx = _split_indices(len(labels), cfg.val_fraction, cfg.seed)
+    if cfg.limit:
+        train_idx = train_idx[: cfg.limit]
+    mean = images[train_idx].mean(dim=(0, 2, 3), keepdim=True)
+    std = images[train_idx].std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    images = (images - mean) / std
+    return DataBundle(
+        name=name,
+        train_dataset=TensorDataset(images[train_idx], labels[train_idx]),
+        val_dataset=TensorDataset(images[val_idx], labels[val_idx]),
+        num_classes=src.num_classes,
+        in_chans=channels,
+        resolution=resolution,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+    )
+
+
+def _transform(resolution: int, channels: int, native_channels: int, augment: bool):
+    from torchvision import transforms as T
+
+    steps: list[Any] = [T.Resize(resolution), T.CenterCrop(resolution)]
+    if augment:
+        steps = [T.RandomResizedCrop(resolution, scale=(0.5, 1.0)), T.RandomHorizontalFlip()]
+    if channels != native_channels:
+        steps.append(T.Grayscale(num_output_channels=channels) if channels in (1, 3) else None)
+    steps.append(T.ToTensor())
+    steps.append(T.Normalize([0.5] * channels, [0.5] * channels))
+    return T.Compose([s for s in steps if s is not None])
+
+
+def _from_disk(name: str, cfg: Any) -> DataBundle:
+    root = sources.require_root(name, cfg.root)
+    if name == "imagefolder":
+        channels = cfg.channels or 3
+        resolution = cfg.resolution or 224
+        tf = _transform(resolution, channels, 3, cfg.augment)
+        train_full = sources.imagefolder_split(root, "train", tf)
+        num_classes = len(train_full.classes)
+        if (root / "val").is_dir():
+            train_ds = train_full
+            val_ds: Dataset = sources.imagefolder_split(root, "val", _transform(resolution, channels, 3, False))
+        else:
+            train_idx, val_idx = _split_indices(len(train_full), cfg.val_fraction, cfg.seed)
+            train_ds, val_ds = Subset(train_full, train_idx.tolist()), Subset(train_full, val_idx.tolist())
+    else:
+        _, num_classes, native_ch, native_res, _ = sources.TORCHVISION[name]
+        channels = cfg.channels or native_ch
+        resolution = cfg.resolution or native_res
+        full = sources.torchvision_split(
+            name, root, True, cfg.download, _transform(resolution, channels, native_ch, cfg.augment)
+        )
+        train_idx, val_idx = _split_indices(len(full), cfg.val_fraction, cfg.seed)
+        plain = sources.torchvision_split(
+            name, root, True, False, _transform(resolution, channels, native_ch, False)
+        )
+        train_ds, val_ds = Subset(full, train_idx.tolist()), Subset(plain, val_idx.tolist())
+    if cfg.limit:
+        train_ds = Subset(train_ds, list(range(min(cfg.limit, len(train_ds)))))
+    return DataBundle(
+        name=name, train_dataset=train_ds, val_dataset=val_ds, num_classes=num_classes,
+        in_chans=channels, resolution=resolution, batch_size=cfg.batch_size, seed=cfg.seed,
+        num_workers=cfg.num_workers,
+    )
+
+
+def load_dataset(cfg: Any = None, /, *, seed: int = 0, **kwargs: Any) -> DataBundle:
+    """A DataBundle from a `DataConfig`, or from keywords (name=, resolution=, channels=, ...).
+
+    `seed` drives the train/val split and the shuffling order.
+    """
+    from nasbench.config.loader import describe_validation_error
+    from nasbench.config.sections import DataConfig
+
+    if cfg is None:
+        try:
+            cfg = DataConfig.model_validate(kwargs)
+        except ValidationError as exc:
+            raise DataError(describe_validation_error(exc, DataConfig, "dataset options")) from None
+    spec = _Spec(cfg, seed)
+    if cfg.name in sources.IN_MEMORY:
+        return _in_memory(cfg.name, spec)
+    if cfg.name in sources.TORCHVISION or cfg.name == "imagefolder":
+        return _from_disk(cfg.name, spec)
+    raise DataError(f"unknown dataset {cfg.name!r}; known: {', '.join(sources.list_datasets())}")
+
+
+class _Spec:
+    """A DataConfig view with the seed attached (the seed lives in the run section)."""
+
+    def __init__(self, cfg: Any, seed: int):
+        self._cfg, self.seed = cfg, seed
+
+    def __getattr__(self, item: str) -> Any:
+        return getattr(self._cfg, item)

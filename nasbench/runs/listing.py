@@ -1,0 +1,26 @@
+"""A table of the runs under a results root, newest first."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from nasbench.runs.store import MANIFEST, load_run
+
+
+def list_runs(root: str | Path = "results") -> pd.DataFrame:
+    rows = []
+    for manifest in sorted(Path(root).glob(f"*/{MANIFEST}")):
+        run = load_run(manifest.parent)
+        rows.append({
+            "run": run.name,
+            "command": run.manifest.get("command"),
+            "status": run.status,
+            "started": run.manifest.get("started"),
+            "ended": run.manifest.get("ended"),
+            "tables": ",".join(run.tables()),
+        })
+    columns = ["run", "command", "status", "started", "ended", "tables"]
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values("started", ascending=False, ignore_index=True) if rows else frame

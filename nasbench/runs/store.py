@@ -1,0 +1,244 @@
+"""Run directories: manifest.json, config.yaml, metrics.csv, tables, checkpoints.
+
+Every write is atomic (temp file + rename): a killed run leaves a manifest whose status is
+`running` or `failed`, and no half-written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from nasbench.runs.facts import git_commit, package_versions
+from nasbench_core.atomic import atomic_path, atomic_write_text
+from nasbench_core.errors import RunError
+
+MANIFEST = "manifest.json"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+class Run:
+    """A run directory. Create with `start_run`, open with `load_run`."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._metrics_rows: list[dict[str, Any]] | None = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, command={self.manifest.get('command')!r}, status={self.status!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        return self.manifest.get("status", "unknown")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest.get("config", {})
+
+    @property
+    def checkpoints(self) -> Path:
+        folder = self.path / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    # -- writing -----------------------------------------------------------------------
+    def write_manifest(self) -> None:
+        atomic_write_text(self.path / MANIFEST, json.dumps(self.manifest, indent=2, default=_json_default))
+
+    def update_manifest(self, **fields: Any) -> None:
+        self.manifest.update(fields)
+        self.write_manifest()
+
+    def write_json(self, relpath: str, obj: Any) -> Path:
+        target = self.path / relpath
+        atomic_write_text(target, json.dumps(obj, indent=2, default=_json_default))
+        return target
+
+    def write_table(self, name: str, df: pd.DataFrame, metadata: dict[str, str] | None = None) -> Path:
+        """Write `name.parquet`; `metadata` goes into the Parquet file's key-value metadata."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        target = self.path / f"{name}.parquet"
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        if metadata:
+            merged = dict(table.schema.metadata or {})
+            merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+            table = table.replace_schema_metadata(merged)
+        with atomic_path(target) as tmp:
+            pq.write_table(table, tmp)
+        return target
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """Append one row to metrics.csv (the file is rewritten atomically, columns unioned)."""
+        rows = self._load_metrics_rows()
+        rows.append({k: _json_default(v) if hasattr(v, "item") else v for k, v in row.items()})
+        buffer = io.StringIO()
+        pd.DataFrame(rows).to_csv(buffer, index=False)
+        atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def _load_metrics_rows(self) -> list[dict[str, Any]]:
+        if self._metrics_rows is None:
+            existing = self.metrics
+            self._metrics_rows = existing.to_dict("records") if not existing.empty else []
+        return self._metrics_rows
+
+    # -- reading -----------------------------------------------------------------------
+    def read_table(self, name: str) -> pd.DataFrame:
+        target = self.path / f"{name}.parquet"
+        return pd.read_parquet(target) if target.exists() else pd.DataFrame()
+
+    def table_metadata(self, name: str) -> dict[str, str]:
+        import pyarrow.parquet as pq
+
+        target = self.path / f"{name}.parquet"
+        if not target.exists():
+            return {}
+        meta = pq.read_schema(target).metadata or {}
+        return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"pandas")}
+
+    @property
+    def evaluations(self) -> pd.DataFrame:
+        return self.read_table("evaluations")
+
+    @property
+    def pareto(self) -> pd.DataFrame:
+        return self.read_table("pareto")
+
+    @property
+    def metrics(self) -> pd.DataFrame:
+        target = self.path / "metrics.csv"
+        if not target.exists() or target.stat().st_size == 0:
+            return pd.DataFrame()
+        return pd.read_csv(target)
+
+    def tables(self) -> list[str]:
+        return sorted(p.stem for p in self.path.glob("*.parquet"))
+
+
+def load_run(path: str | os.PathLike, root: str | os.PathLike = "results") -> Run:
+    """Open a run by directory path, or by name under `root`."""
+    candidate = Path(path)
+    if not (candidate / MANIFEST).exists() and (Path(root) / candidate / MANIFEST).exists():
+        candidate = Path(root) / candidate
+    manifest_path = candidate / MANIFEST
+    if not candidate.exists():
+        raise RunError(f"run not found: {path} (no such directory)")
+    if not manifest_path.exists():
+        raise RunError(f"not a run directory: {candidate} has no {MANIFEST}")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunError(f"{manifest_path}: unreadable manifest ({exc.msg})") from None
+    return Run(candidate, manifest)
+
+
+def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) -> Path:
+    if name is None:
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{command}-{stamp}-{secrets.token_hex(2)}"
+    if "/" in name or name in {"", ".", ".."}:
+        raise RunError(f"run name {name!r} must be a plain directory name")
+    path = root / name
+    if path.exists():
+        if not overwrite:
+            raise RunError(f"run directory {path} already exists: pass --resume {path} or choose another run.name")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+class _Terminated(Exception):
+    """SIGTERM turned into an exception so the run is marked failed on the way out."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated("terminated by SIGTERM")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a Ray worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def start_run(
+    command: str,
+    config: dict[str, Any],
+    seed: int,
+    root: str | os.PathLike = "results",
+    name: str | None = None,
+    resume: str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> Iterator[Run]:
+    """Create (or resume) a run; on exit mark it completed, or failed with the error."""
+    if resume is not None:
+        run = load_run(resume)
+        if run.manifest.get("command") != command:
+            raise RunError(f"cannot resume {run.path} with `{command}`: it is a `{run.manifest.get('command')}` run")
+        if run.status == "completed":
+            raise RunError(f"run {run.path} already completed; nothing to resume")
+        for stale in run.path.rglob(".*.tmp"):  # left by a SIGKILL between write and rename
+            stale.unlink()
+        run.manifest.setdefault("resumes", []).append(_now())
+        run.manifest.update(status="running", ended=None, error=None)
+    else:
+        path = _new_run_dir(Path(root), command, name, overwrite)
+        run = Run(path, {
+            "command": command,
+            "config": config,
+            "seed": seed,
+            "status": "running",
+            "started": _now(),
+            "ended": None,
+            "host": socket.gethostname(),
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+        })
+        atomic_write_text(path / "config.yaml", yaml.safe_dump(json.loads(json.dumps(config, default=_json_default)),
+                                                               sort_keys=False))
+    run.write_manifest()
+    try:
+        with _sigterm_raises():
+            yield run
+    except BaseException as exc:
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+        run.update_manifest(status="failed", ended=_now(), error=reason)
+        raise
+    run.update_manifest(status="completed", ended=_now())

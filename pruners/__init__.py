@@ -1,0 +1,1 @@
+"""Pruners: masks, global magnitude, lottery tickets, layer-adaptive DP, baselines."""

@@ -1,0 +1,1 @@
+"""Search: objectives, latency, predictors, optimizers, Pareto utilities."""
