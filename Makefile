@@ -21,8 +21,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: $(STAMP) lint
-	$(BIN)/pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q
 
 # Slow and Ray-cluster tests: run by CI when its budget allows.
 test-slow: $(STAMP)
-	$(BIN)/pytest -q -m "slow or ray"
+	OMP_NUM_THREADS=1 $(BIN)/pytest -q -m "slow or ray"

@@ -13,7 +13,7 @@ from nasbench.progress import track
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = "cpu") -> float:
-    """Top-1 accuracy in percent; restores the model's train/eval mode."""
+    """Top-1 accuracy as a fraction in [0, 1] (as everywhere in nasbench); keeps train/eval mode."""
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -22,7 +22,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: str | torch.device = 
         correct += int((logits.argmax(dim=1).cpu() == labels).sum())
         total += labels.numel()
     model.train(was_training)
-    return 100.0 * correct / max(total, 1)
+    return correct / max(total, 1)
 
 
 def fit(

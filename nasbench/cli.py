@@ -25,6 +25,20 @@ from nasbench.commands import (
 )
 from nasbench_core.errors import UserError
 
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """click's usage errors, and those of the click copy that newer typer releases vendor."""
+    try:
+        from typer._click.exceptions import ClickException as Vendored
+    except ImportError:
+        return (click.ClickException,)
+    return (click.ClickException, Vendored)
+
+
+CLICK_ERRORS = _click_errors()
+CLICK_ABORTS = (click.exceptions.Abort, typer.Abort)
+CLICK_EXITS = (click.exceptions.Exit, typer.Exit)
+
 app = typer.Typer(
     name="nasbench",
     help="Workbench for neural architecture search and pruning.",
@@ -33,6 +47,24 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+
+def _version(value: bool) -> None:
+    if value:
+        from nasbench import __version__
+
+        print(f"nasbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Workbench for neural architecture search and pruning."""
+
 
 app.command("train", help="Train a weight-sharing supernet (BigNAS sandwich rule).")(train.command)
 app.command("prune", help="Prune a model: global magnitude, lottery tickets, layer-adaptive DP.")(prune.command)
@@ -58,15 +90,16 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as exc:
         print(f"nasbench: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except CLICK_ABORTS:
         print("nasbench: aborted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:
-        message = exc.format_message().splitlines()[0] if exc.format_message() else str(exc)
-        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "nasbench"
-        print(f"{command}: error: {message}", file=sys.stderr)
+    except CLICK_ERRORS as exc:
+        lines = (exc.format_message() or "").strip().splitlines()
+        if lines:  # an empty message means the help text was shown instead (no arguments)
+            command = exc.ctx.command_path if getattr(exc, "ctx", None) else "nasbench"
+            print(f"{command}: error: {lines[0]}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except CLICK_EXITS as exc:
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
 

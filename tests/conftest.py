@@ -9,6 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: tiny models gain nothing from more, and on a shared 2-core machine
+# extra threads make every test many times slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 

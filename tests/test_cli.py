@@ -89,8 +89,19 @@ def test_set_values_are_typed(tmp_path):
     from nasbench.commands.quickstart import QuickstartConfig
     from nasbench.config import load_config
 
-    cfg = load_config(QuickstartConfig, None, ["epochs=3", "lr=0.5", "data.augment=true", "run.name=x"])
-    assert (cfg.epochs, cfg.lr, cfg.data.augment, cfg.run.name) == (3, 0.5, True, "x")
+    cfg = load_config(QuickstartConfig, None,
+                      ["epochs=3", "prune_sparsity=0.25", "data.augment=true", "run.name=x"])
+    assert (cfg.epochs, cfg.prune_sparsity, cfg.data.augment, cfg.run.name) == (3, 0.25, True, "x")
+
+
+def test_unknown_option_is_one_line(cli):
+    assert_one_line_error(cli("results", "--bogus"), "No such option: --bogus")
+    assert_one_line_error(cli("no-such-command"), "No such command")
+
+
+def test_version(cli):
+    result = cli("--version")
+    assert result.code == 0 and result.out.startswith("nasbench ")
 
 
 def test_unknown_benchmark(cli):

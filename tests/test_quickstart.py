@@ -1,15 +1,26 @@
-"""The quickstart writes a real run with a trained model better than chance."""
+"""The quickstart runs the whole pipeline into one run with a sub-run per step."""
 
 from __future__ import annotations
+
+import pytest
 
 from nasbench.runs import load_run
 
 
-def test_quickstart_writes_a_completed_run(cli, tmp_path):
-    result = cli("quickstart", "--quiet", "--set", f"run.root={tmp_path}", "--set", "epochs=2")
+@pytest.mark.slow
+def test_quickstart_runs_the_whole_pipeline(cli, tmp_path):
+    result = cli("quickstart", "--set", f"run.root={tmp_path}", "--set", "epochs=1",
+                 "--set", "latency_samples=10", "--set", "search_budget=8", "--set", "population=4")
     assert result.code == 0, result.err
     run = load_run(tmp_path / "quickstart")
     assert run.status == "completed"
-    assert run.metrics["epoch"].tolist() == [1, 2]
-    assert run.manifest["summary"]["val_top1"] > 50.0  # chance is 10%
-    assert (run.path / "checkpoints" / "small_cnn.safetensors").exists()
+    for step in ("train", "latency", "search", "prune"):
+        assert load_run(run.path / step).status == "completed", step
+    summary = run.manifest["summary"]
+    search = load_run(run.path / "search")
+    assert len(search.evaluations) == 8 and not search.pareto.empty
+    assert (search.path / summary["exported"]).exists()
+    assert summary["prune"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+    assert 0.0 <= summary["prune"]["top1_finetuned"] <= 1.0
+    assert (run.path / "prune" / "pruned.onnx").exists()
+    assert "Open next" in result.out

@@ -115,3 +115,16 @@ def test_killed_run_leaves_no_partial_files(tmp_path, sig, status):
     leftovers = [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]
     # SIGKILL can land between mkstemp and rename: a hidden temp file may remain, but never under a real name
     assert all(p.name.startswith(".") for p in leftovers)
+
+
+def test_seed_everything_repeats_results():
+    import torch
+
+    from nasbench_core.seeding import seed_everything
+
+    def draw():
+        seed_everything(11)
+        layer = torch.nn.Linear(4, 3)
+        return torch.cat([layer.weight.flatten(), torch.rand(3)])
+
+    assert torch.equal(draw(), draw())

@@ -1,16 +1,29 @@
-"""`nasbench submit`: placeholder until its capability lands."""
+"""`nasbench submit [--address URL] -- <command> [args]`: run a nasbench command as a Ray job."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nasbench.commands.common import CONFIG_ARGUMENT, QUIET_OPTION, SET_OPTION, not_built
+import typer
 
 
 def command(
-    config: Path | None = CONFIG_ARGUMENT,
-    overrides: list[str] = SET_OPTION,
-    quiet: bool = QUIET_OPTION,
+    argv: list[str] = typer.Argument(
+        ..., metavar="COMMAND", help="The nasbench command to run, after `--`."
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray dashboard URL (default: the cluster from `cluster up`).",
+        show_default=False,
+    ),
+    working_dir: Path = typer.Option(
+        Path("."), "--working-dir", help="Project dir shipped to the job (minus results/, .venv)."
+    ),
+    job_id: str | None = typer.Option(None, "--job-id", help="Choose the job id yourself."),
 ) -> None:
-    """Not built yet: says so and exits 2."""
-    raise not_built("submit", "issue 8, Ray jobs")
+    """Submit `nasbench COMMAND ARGS` to a Ray cluster through the Jobs API; prints the job id."""
+    from nasbench.distributed.cluster import nasbench_home
+    from nasbench.distributed.jobs import resolve_target, submit
+
+    target = resolve_target(address, nasbench_home())
+    submitted = submit(target, list(argv), working_dir, submission_id=job_id)
+    typer.echo(submitted)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,11 +15,16 @@ DatasetName = Literal[
 ]
 
 
+def default_results_root() -> Path:
+    """`$NASBENCH_RESULTS`, else ./results: jobs on a cluster set it to keep runs outside their sandbox."""
+    return Path(os.environ.get("NASBENCH_RESULTS", "results"))
+
+
 class RunConfig(StrictModel):
     """Where a run is written and how it is seeded."""
 
     name: str | None = None
-    root: Path = Path("results")
+    root: Path = Field(default_factory=default_results_root)
     seed: int = 0
 
 

@@ -1,0 +1,385 @@
+// CPU kernels of cuda_ext, parallel with at::parallel_for. Semantics mirror cuda_ext/_torch_ops.py.
+//
+// Selection: radix select over the |w| keys. Each pass histograms a window of keys (16384 bins,
+// one histogram per thread) and narrows the window to the bin holding rank k; a small sample
+// picks the first window, so two passes usually suffice. Extra memory is a few hundred KiB
+// whatever the number of weights.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <atomic>
+#include <limits>
+#include <vector>
+
+#include "keys.h"
+
+namespace nasbench_ext {
+namespace {
+
+constexpr int64_t kGrain = 1 << 16;
+constexpr int64_t kChunk = 1 << 18;      // elements per work item of a parallel pass
+constexpr int64_t kBins = 1 << 14;       // histogram bins per radix pass (128 KiB per thread)
+constexpr int64_t kSampleRuns = 1 << 13;  // strata of the sample guiding the first window
+constexpr int64_t kSampleRun = 8;         // consecutive elements read per stratum
+
+void check_cpu(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu(), what, " must be on the CPU");
+  TORCH_CHECK(t.is_contiguous(), what, " must be contiguous");
+}
+
+#define NB_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// Runs f(i, begin, end) over element ranges of every tensor in ONE parallel region, as if the
+// tensors were concatenated, so a pass over many tensors costs a single fork/join. Threads take
+// kChunk-element chunks from a shared counter instead of a fixed half each: on a busy machine a
+// descheduled thread then delays the pass by at most one chunk.
+template <typename F>
+void parallel_over(const std::vector<at::Tensor>& tensors, const F& f) {
+  std::vector<int64_t> off(tensors.size() + 1, 0);
+  for (size_t i = 0; i < tensors.size(); ++i) off[i + 1] = off[i] + tensors[i].numel();
+  const int64_t total = off.back();
+  const int64_t chunks = (total + kChunk - 1) / kChunk;
+  std::atomic<int64_t> next{0};
+  auto worker = [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) {
+      const int64_t begin = c * kChunk;
+      const int64_t end = std::min(total, begin + kChunk);
+      size_t i = std::upper_bound(off.begin(), off.end(), begin) - off.begin() - 1;
+      for (; i < tensors.size() && off[i] < end; ++i) {
+        const int64_t b = std::max(begin, off[i]) - off[i];
+        const int64_t e = std::min(end, off[i + 1]) - off[i];
+        if (b < e) f(i, b, e);
+      }
+    }
+  };
+  if (chunks <= 1) {
+    worker(0, 1);
+  } else {
+    at::parallel_for(0, std::min<int64_t>(chunks, at::get_num_threads()), 1, worker);
+  }
+}
+
+// One block of counters per thread, summed at the end.
+struct ThreadCounts {
+  int64_t width;
+  std::vector<int64_t> counts;
+  explicit ThreadCounts(int64_t w) : width(w), counts(w * at::get_num_threads(), 0) {}
+  int64_t* mine() {
+    const int64_t t = at::get_thread_num();
+    TORCH_CHECK(t < static_cast<int64_t>(counts.size()) / width, "unexpected thread id");
+    return counts.data() + t * width;
+  }
+  std::vector<int64_t> total() const {
+    std::vector<int64_t> out(width, 0);
+    for (size_t i = 0; i < counts.size(); ++i) out[i % width] += counts[i];
+    return out;
+  }
+};
+
+// Lowest index i whose tensor holds a NaN, shared by the threads of one pass.
+struct FirstNaN {
+  std::atomic<int64_t> index{std::numeric_limits<int64_t>::max()};
+  void report(int64_t i) {
+    int64_t cur = index.load();
+    while (i < cur && !index.compare_exchange_weak(cur, i)) {
+    }
+  }
+  bool found() const { return index.load() != std::numeric_limits<int64_t>::max(); }
+};
+
+// Bin holding the k-th (1-based) element, and k's rank inside that bin; {-1, 0} if k > total.
+std::pair<int64_t, int64_t> select_bin(const std::vector<int64_t>& hist, int64_t k) {
+  int64_t before = 0;
+  for (int64_t b = 0; b < static_cast<int64_t>(hist.size()); ++b) {
+    if (before + hist[b] >= k) return {b, k - before};
+    before += hist[b];
+  }
+  return {-1, 0};
+}
+
+void check_all(const std::vector<at::Tensor>& tensors) {
+  for (const auto& t : tensors) check_cpu(t, "tensor");
+}
+
+// Key window [lo, lo + width) histogrammed in kBins bins of 2^shift keys each.
+struct Window {
+  uint32_t lo;
+  uint64_t width;
+  int shift;
+  Window(uint32_t lo_, uint64_t width_) : lo(lo_), width(width_), shift(0) {
+    while (((width - 1) >> shift) >= static_cast<uint64_t>(kBins)) ++shift;
+  }
+};
+
+// One radix pass: counts keys below the window and histograms the keys inside it. The first
+// pass also finds the lowest tensor index holding a NaN (max key above the infinity key).
+struct PassResult {
+  int64_t below;
+  std::vector<int64_t> hist;
+};
+
+PassResult window_pass(const std::vector<at::Tensor>& tensors, const Window& w, FirstNaN* nan) {
+  ThreadCounts counts(kBins + 1);  // [bins..., below]
+  const uint64_t width = w.width;
+  const uint32_t lo = w.lo;
+  const int shift = w.shift;
+  parallel_over(tensors, [&](size_t i, int64_t begin, int64_t end) {
+    NB_DISPATCH(tensors[i].scalar_type(), "window_pass", [&] {
+      const scalar_t* p = tensors[i].data_ptr<scalar_t>();
+      int64_t* h = counts.mine();
+      int64_t below = 0;
+      uint32_t worst = 0;
+      for (int64_t j = begin; j < end; ++j) {
+        const uint32_t key = abs_key(p[j]);
+        worst = std::max(worst, key);
+        below += key < lo;
+        const uint64_t d = static_cast<uint64_t>(key) - lo;  // wraps high when key < lo
+        if (d < width) ++h[d >> shift];
+      }
+      h[kBins] += below;
+      if (nan != nullptr && worst > kInfKey) nan->report(static_cast<int64_t>(i));
+    });
+  });
+  auto total = counts.total();
+  const int64_t below = total[kBins];
+  total.pop_back();
+  return {below, std::move(total)};
+}
+
+// Sorted keys of a stratified sample (one run of kSampleRun elements per stratum) used to guess
+// a narrow key window around the k-th smallest; a wrong guess only costs one more pass.
+std::pair<uint32_t, uint64_t> sampled_window(const std::vector<at::Tensor>& tensors, int64_t total,
+                                             int64_t k) {
+  const int64_t runs = std::min<int64_t>(kSampleRuns, total / kSampleRun);
+  if (runs < 64) return {0, uint64_t{1} << 32};
+  std::vector<int64_t> off(tensors.size() + 1, 0);
+  for (size_t i = 0; i < tensors.size(); ++i) off[i + 1] = off[i] + tensors[i].numel();
+  std::vector<uint32_t> sample;
+  sample.reserve(runs * kSampleRun);
+  const int64_t stratum = total / runs;
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (int64_t r = 0; r < runs; ++r) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;  // LCG: fixed, cheap
+    int64_t pos = r * stratum + static_cast<int64_t>((state >> 33) % (stratum - kSampleRun + 1));
+    size_t i = std::upper_bound(off.begin(), off.end(), pos) - off.begin() - 1;
+    for (int64_t j = 0; j < kSampleRun && i < tensors.size(); ++j, ++pos) {
+      while (i < tensors.size() && pos >= off[i + 1]) ++i;
+      if (i == tensors.size()) break;
+      NB_DISPATCH(tensors[i].scalar_type(), "sample", [&] {
+        sample.push_back(abs_key(tensors[i].data_ptr<scalar_t>()[pos - off[i]]));
+      });
+    }
+  }
+  std::sort(sample.begin(), sample.end());
+  const double n = static_cast<double>(sample.size());
+  const double q = static_cast<double>(k) / static_cast<double>(total);
+  const double margin = 8.0 * std::sqrt(n * q * (1.0 - q)) * std::sqrt(double(kSampleRun)) + 64.0;
+  const double centre = q * n;
+  const int64_t a = static_cast<int64_t>(centre - margin);
+  const int64_t b = static_cast<int64_t>(centre + margin);
+  const uint32_t lo = a <= 0 ? 0u : sample[a];
+  const uint64_t hi = b >= static_cast<int64_t>(sample.size()) ? (uint64_t{1} << 32) : sample[b];
+  return {lo, hi - lo + 1};
+}
+
+// Returns the key of the k-th smallest |w|, or -(i + 1) when tensor i holds a NaN.
+// `guess_lo`/`guess_width` replace the sampled first window when guess_width > 0 (for tests).
+// Radix select: each pass histograms a key window and narrows it to the bin holding rank k,
+// until bins are single keys. The first window comes from a sample; if rank k falls outside
+// it, the next pass starts over from the full key range.
+int64_t kth_key(const std::vector<at::Tensor>& tensors, int64_t k, int64_t guess_lo,
+                int64_t guess_width) {
+  check_all(tensors);
+  int64_t total = 0;
+  for (const auto& t : tensors) total += t.numel();
+  TORCH_CHECK(1 <= k && k <= total, "k out of range");
+  auto [lo, width] = sampled_window(tensors, total, k);
+  if (guess_width > 0) {
+    lo = static_cast<uint32_t>(guess_lo);
+    width = static_cast<uint64_t>(guess_width);
+  }
+  FirstNaN nan;
+  bool first = true;
+  while (true) {
+    const Window w(lo, width);
+    const auto pass = window_pass(tensors, w, first ? &nan : nullptr);
+    if (first && nan.found()) return -nan.index.load() - 1;
+    first = false;
+    const auto [bin, rank] = k > pass.below ? select_bin(pass.hist, k - pass.below)
+                                            : std::pair<int64_t, int64_t>{-1, 0};
+    if (bin < 0) {  // rank k lies outside the sampled window
+      TORCH_CHECK(w.lo != 0 || w.width != (uint64_t{1} << 32), "radix select lost rank k");
+      lo = 0;
+      width = uint64_t{1} << 32;
+      continue;
+    }
+    lo = w.lo + static_cast<uint32_t>(bin << w.shift);
+    width = std::min<uint64_t>(uint64_t{1} << w.shift, w.width - (uint64_t(bin) << w.shift));
+    if (width == 1) return lo;
+  }
+}
+
+// [below, nan tensor index or -1, ties of tensor 0, ties of tensor 1, ...]
+at::Tensor count_below_and_ties(const std::vector<at::Tensor>& tensors, int64_t tkey) {
+  check_all(tensors);
+  const int64_t n = static_cast<int64_t>(tensors.size());
+  const uint32_t tk = static_cast<uint32_t>(tkey);
+  ThreadCounts counts(n + 1);  // [ties per tensor..., below]
+  FirstNaN nan;
+  parallel_over(tensors, [&](size_t i, int64_t begin, int64_t end) {
+    NB_DISPATCH(tensors[i].scalar_type(), "count_below_and_ties", [&] {
+      const scalar_t* p = tensors[i].data_ptr<scalar_t>();
+      int64_t b = 0, e = 0;
+      uint32_t worst = 0;
+      for (int64_t j = begin; j < end; ++j) {
+        const uint32_t key = abs_key(p[j]);
+        worst = std::max(worst, key);
+        b += key < tk;
+        e += key == tk;
+      }
+      int64_t* c = counts.mine();
+      c[i] += e;
+      c[n] += b;
+      if (worst > kInfKey) nan.report(static_cast<int64_t>(i));
+    });
+  });
+  const auto total = counts.total();
+  auto out = at::empty({n + 2}, at::kLong);
+  auto* o = out.data_ptr<int64_t>();
+  o[0] = total[n];
+  o[1] = nan.found() ? nan.index.load() : -1;
+  std::copy(total.begin(), total.begin() + n, o + 2);
+  return out;
+}
+
+// Flat index of the r-th (1-based) tie in t.
+template <typename scalar_t>
+int64_t nth_tie(const at::Tensor& t, uint32_t tk, int64_t r) {
+  const scalar_t* p = t.data_ptr<scalar_t>();
+  for (int64_t j = 0; j < t.numel(); ++j) {
+    if (abs_key(p[j]) == tk && --r == 0) return j;
+  }
+  TORCH_CHECK(false, "fewer ties than requested");
+}
+
+// Keep-masks pruning |w| < threshold plus the first `ties_to_prune` ties in list/flat order.
+std::vector<at::Tensor> masks_from_threshold(const std::vector<at::Tensor>& tensors, int64_t tkey,
+                                             int64_t ties_to_prune, const std::vector<int64_t>& ties) {
+  check_all(tensors);
+  TORCH_CHECK(ties.size() == tensors.size(), "one tie count per tensor");
+  const uint32_t tk = static_cast<uint32_t>(tkey);
+  std::vector<at::Tensor> masks;
+  std::vector<int64_t> cuts;  // ties at flat index <= cut are pruned
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto& t = tensors[i];
+    masks.push_back(at::empty(t.sizes(), t.options().dtype(at::kBool)));
+    int64_t cut = -1;
+    if (ties_to_prune >= ties[i]) {
+      cut = t.numel();
+      ties_to_prune -= ties[i];
+    } else if (ties_to_prune > 0) {
+      NB_DISPATCH(t.scalar_type(), "nth_tie", [&] { cut = nth_tie<scalar_t>(t, tk, ties_to_prune); });
+      ties_to_prune = 0;
+    }
+    cuts.push_back(cut);
+  }
+  parallel_over(tensors, [&](size_t i, int64_t begin, int64_t end) {
+    NB_DISPATCH(tensors[i].scalar_type(), "masks_from_threshold", [&] {
+      const scalar_t* p = tensors[i].data_ptr<scalar_t>();
+      bool* m = masks[i].data_ptr<bool>();
+      const int64_t cut = cuts[i];
+      for (int64_t j = begin; j < end; ++j) m[j] = keep_weight(abs_key(p[j]), tk, j, cut);
+    });
+  });
+  return masks;
+}
+
+void check_pair(const at::Tensor& w, const at::Tensor& other, const char* what) {
+  check_cpu(w, "tensor");
+  check_cpu(other, what);
+  TORCH_CHECK(w.numel() == other.numel(), what, " must match its tensor's size");
+}
+
+// w *= m for every pair, in one parallel pass over all tensors.
+void apply_masks_(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& masks) {
+  TORCH_CHECK(tensors.size() == masks.size(), "one mask per tensor");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    check_pair(tensors[i], masks[i], "mask");
+    TORCH_CHECK(masks[i].scalar_type() == at::kBool, "masks must be bool");
+  }
+  parallel_over(tensors, [&](size_t i, int64_t begin, int64_t end) {
+    NB_DISPATCH(tensors[i].scalar_type(), "apply_masks_", [&] {
+      scalar_t* p = tensors[i].data_ptr<scalar_t>();
+      const bool* m = masks[i].data_ptr<bool>();
+      for (int64_t j = begin; j < end; ++j) p[j] = p[j] * static_cast<scalar_t>(m[j]);
+    });
+  });
+}
+
+// w <- w0 * m for every triple (w and w0 share a dtype), in one parallel pass.
+void rewind_(const std::vector<at::Tensor>& tensors, const std::vector<at::Tensor>& initial,
+             const std::vector<at::Tensor>& masks) {
+  TORCH_CHECK(tensors.size() == masks.size() && tensors.size() == initial.size(),
+              "one initial tensor and one mask per tensor");
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    check_pair(tensors[i], masks[i], "mask");
+    check_pair(tensors[i], initial[i], "initial");
+    TORCH_CHECK(masks[i].scalar_type() == at::kBool, "masks must be bool");
+    TORCH_CHECK(initial[i].scalar_type() == tensors[i].scalar_type(), "initial must share the dtype");
+  }
+  parallel_over(tensors, [&](size_t i, int64_t begin, int64_t end) {
+    NB_DISPATCH(tensors[i].scalar_type(), "rewind_", [&] {
+      scalar_t* p = tensors[i].data_ptr<scalar_t>();
+      const scalar_t* p0 = initial[i].data_ptr<scalar_t>();
+      const bool* m = masks[i].data_ptr<bool>();
+      for (int64_t j = begin; j < end; ++j) p[j] = p0[j] * static_cast<scalar_t>(m[j]);
+    });
+  });
+}
+
+// LAMP scores w^2 / sum of w^2 over the weights at or above it in ascending |w| order.
+// Sorting (key << 32 | index) gives the ascending order with ties by index; the square of a
+// float is exact in double, and the suffix sum runs in that same order as the reference.
+at::Tensor lamp_scores(const at::Tensor& t) {
+  check_cpu(t, "tensor");
+  const int64_t n = t.numel();
+  TORCH_CHECK(n < (int64_t{1} << 32), "LAMP scores support layers below 2^32 weights");
+  std::vector<uint64_t> order(n);
+  std::vector<double> sq(n);
+  NB_DISPATCH(t.scalar_type(), "lamp_scores", [&] {
+    const scalar_t* p = t.data_ptr<scalar_t>();
+    at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const double v = static_cast<double>(static_cast<float>(p[j]));
+        sq[j] = v * v;
+        order[j] = (static_cast<uint64_t>(abs_key(p[j])) << 32) | static_cast<uint64_t>(j);
+      }
+    });
+  });
+  std::sort(order.begin(), order.end());
+  auto out = at::empty(t.sizes(), t.options().dtype(at::kFloat));
+  float* o = out.data_ptr<float>();
+  double suffix = 0.0;
+  for (int64_t r = n - 1; r >= 0; --r) {
+    const int64_t j = static_cast<int64_t>(order[r] & 0xFFFFFFFFu);
+    suffix += sq[j];
+    o[j] = suffix > 0 ? static_cast<float>(sq[j] / suffix) : 0.0f;
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace nasbench_ext
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("kth_key", &nasbench_ext::kth_key, "key of the k-th smallest |w|, or -(i+1) for NaN in i",
+        py::arg("tensors"), py::arg("k"), py::arg("guess_lo") = 0, py::arg("guess_width") = 0);
+  m.def("count_below_and_ties", &nasbench_ext::count_below_and_ties);
+  m.def("masks_from_threshold", &nasbench_ext::masks_from_threshold);
+  m.def("apply_masks_", &nasbench_ext::apply_masks_);
+  m.def("rewind_", &nasbench_ext::rewind_);
+  m.def("lamp_scores", &nasbench_ext::lamp_scores);
+}

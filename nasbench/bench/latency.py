@@ -1,0 +1,125 @@
+"""`nasbench bench latency`: latency predictors on this CPU against the MACs proxy.
+
+Measures a stratified sample of `mbv3`/tiny subnets (plus uniformly random ones, the archs a
+search actually proposes), fits the CV-chosen learned predictor on at most 150 of them, and
+reports held-out Kendall tau, MAPE, ±10% accuracy and RMSE beside the tau of MACs; the
+OFA-style per-block lookup table is scored on the same held-out archs.
+Goal (issue 6): tau >= 0.9 and MAPE <= 10% on >= 50 held-out subnets from <= 150 measurements.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nasbench.bench.registry import BenchOptions, benchmark
+
+DEFAULTS: dict[str, Any] = {
+    "family": "mbv3", "preset": "tiny", "n_train": 150, "n_test": 50, "n_uniform": 50,
+    "backend": "onnxruntime", "clock": "wall", "threads": 1, "batch": 1, "warmup": 10,
+    "repeats": 40, "rounds": 5, "pool_factor": 2, "regressors": "ridge,svr,gbr,mlp",
+    "lut": "auto", "retest": True,
+}
+QUICK = {"n_train": 24, "n_test": 12, "n_uniform": 8, "repeats": 10, "warmup": 3,
+         "regressors": "ridge,svr", "lut": False, "retest": False}
+
+
+def _bool(value: Any) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
+
+
+@benchmark("latency", help="latency predictor (learned + LUT) vs MACs proxy on this CPU")
+def run(opts: BenchOptions) -> dict[str, Any]:
+    import numpy as np
+
+    import supernets
+    from search.costs import count_macs, subnet_input_shape
+    from search.latency import (
+        LatencyLUT,
+        LatencyPredictor,
+        LatencySettings,
+        measure_archs,
+        stratified_sample,
+    )
+    from search.predictors import kendall_tau, regression_metrics
+
+    p = {**DEFAULTS, **(QUICK if opts.quick else {}), **opts.params}
+    settings = LatencySettings(
+        backend=p["backend"], device=opts.device if opts.device != "cpu" else "cpu",
+        batch=int(p["batch"]), threads=int(p["threads"]), warmup=int(p["warmup"]),
+        repeats=int(p["repeats"]), clock=p["clock"],
+    ).resolve()
+    net = supernets.create(p["family"], preset=p["preset"]).eval()
+    space = net.space
+    n_train, n_test, n_uniform = int(p["n_train"]), int(p["n_test"]), int(p["n_uniform"])
+
+    def macs_of(arch: dict) -> float:
+        return float(count_macs(net.extract(arch), subnet_input_shape(net, arch)))
+
+    t0 = time.perf_counter()
+    stratified = stratified_sample(space, macs_of, n_train + n_test, opts.seed,
+                                   pool_factor=int(p["pool_factor"]))
+    rng = np.random.default_rng(opts.seed + 1)
+    known = {space.arch_id(a) for a in stratified}
+    uniform: list[dict] = []
+    while len(uniform) < n_uniform:
+        arch = space.sample(rng)
+        if space.arch_id(arch) not in known:
+            known.add(space.arch_id(arch))
+            uniform.append(arch)
+    rounds = int(p["rounds"])
+    table = measure_archs(net, stratified + uniform, settings, rounds=rounds, seed=opts.seed)
+    measure_s = time.perf_counter() - t0
+    order = np.random.default_rng(opts.seed).permutation(n_train + n_test)
+    train = table.iloc[order[:n_train]]
+    test = table.iloc[order[n_train:]]
+    uni = table.iloc[n_train + n_test:]
+
+    figures: dict[str, Any] = {
+        "device": settings.device_info().key, "settings": p,
+        "n_measured": len(table), "n_train": len(train), "n_test": len(test),
+        "n_uniform_test": len(uni), "measure_s": round(measure_s, 1),
+        "latency_ms_range": [float(table["latency_ms"].min()), float(table["latency_ms"].max())],
+        "median_rel_iqr": float((table["latency_iqr_ms"] / table["latency_ms"]).median()),
+        "macs_tau_test": kendall_tau(test["latency_ms"], test["macs"]),
+        "macs_tau_uniform": kendall_tau(uni["latency_ms"], uni["macs"]) if len(uni) > 1 else None,
+    }
+    if _bool(p["retest"]):
+        # Time the held-out archs again: how well do two measurements of them agree?
+        held = table.iloc[order[n_train:]].index.tolist() + list(range(n_train + n_test, len(table)))
+        again = measure_archs(net, [space.parse(t) for t in table.loc[held, "arch"]], settings,
+                              rounds=rounds, seed=opts.seed + 7)
+        figures["retest_tau_heldout"] = kendall_tau(table.loc[held, "latency_ms"], again["latency_ms"])
+        figures["retest_mape_heldout"] = regression_metrics(
+            table.loc[held, "latency_ms"], again["latency_ms"])["mape"]
+    candidates = [c for c in str(p["regressors"]).split(",") if c]
+    for use_macs in (False, True):
+        t1 = time.perf_counter()
+        pred = LatencyPredictor(space, use_macs=use_macs, candidates=candidates,
+                                seed=opts.seed).fit(train)
+        name = "learned_macs" if use_macs else "learned"
+        figures[name] = {
+            "model": pred.selection.name, "params": pred.selection.params,
+            "cv_mape": -100 * pred.selection.cv_score, "fit_s": round(time.perf_counter() - t1, 1),
+            "test": pred.evaluate(test),
+            "uniform": pred.evaluate(uni) if len(uni) > 1 else None,
+        }
+    lut_on = p["backend"] == "torch" if p["lut"] == "auto" else _bool(p["lut"])
+    if lut_on:
+        t2 = time.perf_counter()
+        lut = LatencyLUT(settings).fit(net, train)
+        fitted_blocks = len(lut.entries)
+        lut_test = regression_metrics(test["latency_ms"], lut.predict(net, _archs(space, test)))
+        lut_uni = regression_metrics(uni["latency_ms"], lut.predict(net, _archs(space, uni)))
+        figures["lut"] = {
+            "constant_ms": lut.constant_ms, "blocks_timed_for_train": fitted_blocks,
+            "blocks_timed_total": len(lut.entries), "test": lut_test, "uniform": lut_uni,
+            "s": round(time.perf_counter() - t2, 1),
+        }
+    best = figures["learned"]["test"]
+    figures["goal_met"] = bool(best["kendall_tau"] >= 0.9 and best["mape"] <= 10 and len(test) >= 50)
+    return figures
+
+
+def _archs(space, table) -> list[dict]:
+    return [space.parse(text) for text in table["arch"]]

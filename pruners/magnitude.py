@@ -1,0 +1,106 @@
+"""Global magnitude pruning (Gupta et al.): one threshold over all selected layers.
+
+Selection is exact (k = round(s·N) pruned) and goes through `cuda_ext`, which finds the
+k-th smallest |w| by radix select over the tensor list, so no concatenation of all weights
+is ever built. Ties at the threshold are pruned in layer order, then flattened-index order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+import cuda_ext
+from pruners.errors import PruneError
+from pruners.selection import Target
+
+
+def min_keep_counts(sizes: Sequence[int], min_keep: int | float) -> list[int]:
+    """Per-layer minimum kept weights: an absolute count, or a fraction of each layer."""
+    if isinstance(min_keep, float) and not min_keep.is_integer():
+        if not 0.0 <= min_keep <= 1.0:
+            raise PruneError(f"min_keep={min_keep} must be a count or a fraction in [0, 1]")
+        return [min(n, math.ceil(min_keep * n)) for n in sizes]
+    if min_keep < 0:
+        raise PruneError(f"min_keep={min_keep} must be >= 0")
+    return [min(n, int(min_keep)) for n in sizes]
+
+
+def global_magnitude(
+    tensors: Sequence[torch.Tensor], k: int, min_keep: int | float = 0
+) -> list[torch.Tensor]:
+    """Keep-masks pruning exactly k weights by global |w|, keeping >= min_keep per layer.
+
+    The minimum-threshold rule (Gupta et al.) against layer collapse: layers that the global
+    threshold would push below their minimum keep exactly their minimum (their largest
+    weights), and the global threshold is recomputed over the remaining layers until no layer
+    falls below; the total pruned stays exactly k.
+    """
+    sizes = [t.numel() for t in tensors]
+    floors = min_keep_counts(sizes, min_keep)
+    n = sum(sizes)
+    if sum(floors) > n - k:
+        raise PruneError(
+            f"min_keep keeps {sum(floors)} weights but pruning {k} of {n} leaves only {n - k}"
+        )
+    fixed: set[int] = set()
+    while True:
+        free = [i for i in range(len(tensors)) if i not in fixed]
+        k_free = k - sum(sizes[i] - floors[i] for i in fixed)
+        masks_free = (
+            cuda_ext.global_magnitude_masks([tensors[i] for i in free], k_free) if free else []
+        )
+        low = [
+            i for i, m in zip(free, masks_free, strict=True) if int(m.sum()) < floors[i]
+        ]
+        if not low:
+            break
+        fixed.update(low)
+    masks: list[torch.Tensor | None] = [None] * len(tensors)
+    for i, m in zip(free, masks_free, strict=True):
+        masks[i] = m
+    for i in fixed:
+        masks[i] = cuda_ext.global_magnitude_masks([tensors[i]], sizes[i] - floors[i])[0]
+    return masks  # type: ignore[return-value]
+
+
+def cubic_schedule(final: float, steps: int, initial: float = 0.0) -> list[float]:
+    """Zhu & Gupta (2017): s_t = s_f + (s_i - s_f)(1 - t/n)^3 for t = 1..n; ends at s_f."""
+    if steps < 1:
+        raise PruneError(f"steps={steps} must be >= 1")
+    return [final + (initial - final) * (1 - t / steps) ** 3 for t in range(1, steps + 1)]
+
+
+FinetuneFn = Callable[[nn.Module, int, Callable[[], None]], None]
+
+
+def gradual_magnitude(
+    model: nn.Module,
+    targets: Sequence[Target],
+    sparsity: float,
+    *,
+    steps: int = 10,
+    initial_sparsity: float = 0.0,
+    min_keep: int | float = 0,
+    finetune: FinetuneFn | None = None,
+) -> list[torch.Tensor]:
+    """Gradual global magnitude pruning on the cubic schedule, fine-tuning between steps.
+
+    After each pruning step `finetune(model, step, keep_masks)` runs; it should call
+    `keep_masks()` after every optimizer step so pruned weights stay zero. Returns the final
+    masks (already applied).
+    """
+    from pruners.masks import MaskKeeper, apply_masks
+
+    n = sum(t.numel for t in targets)
+    masks: list[torch.Tensor] = []
+    for step, s in enumerate(cubic_schedule(sparsity, steps, initial_sparsity), start=1):
+        masks = global_magnitude([t.tensor for t in targets], round(s * n), min_keep)
+        masks = [m & old if (old := t.mask) is not None else m for m, t in zip(masks, targets, strict=True)]
+        apply_masks(model, {t.name: m for t, m in zip(targets, masks, strict=True)})
+        if finetune is not None:
+            finetune(model, step, MaskKeeper(model))
+    return masks

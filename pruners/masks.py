@@ -1,0 +1,146 @@
+"""Masks in the standard `torch.nn.utils.prune` form, and the tools around them.
+
+A mask dict maps a parameter name as the *unpruned* model spells it (`layer1.0.conv1.weight`)
+to a bool tensor, True = kept. Applied masks live as `weight_orig` + `weight_mask` with torch's
+own forward pre-hook (`prune.custom_from_mask`), so `prune.remove`, `prune.is_pruned` and other
+torch tools understand them. Every function validates all masks before it touches the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import safetensors.torch
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+import cuda_ext
+from nasbench_core.atomic import atomic_path
+from nasbench_core.errors import CheckpointError
+from pruners.errors import PruneError
+
+Masks = dict[str, torch.Tensor]
+
+
+def _split(name: str) -> tuple[str, str]:
+    module_name, _, attr = name.rpartition(".")
+    return module_name, attr
+
+
+def _resolve(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module_name, attr = _split(name)
+    try:
+        module = model.get_submodule(module_name) if module_name else model
+    except AttributeError:
+        raise PruneError(f"mask {name!r} names no module of the model") from None
+    if getattr(module, attr + "_orig", None) is None and not isinstance(
+        getattr(module, attr, None), nn.Parameter
+    ):
+        raise PruneError(f"mask {name!r} names no parameter of the model")
+    return module, attr
+
+
+def _storage(module: nn.Module, attr: str) -> torch.Tensor:
+    orig = getattr(module, attr + "_orig", None)
+    return orig if orig is not None else getattr(module, attr)
+
+
+def is_pruned(module: nn.Module, attr: str = "weight") -> bool:
+    return hasattr(module, attr + "_mask") and hasattr(module, attr + "_orig")
+
+
+def validate_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Raise PruneError naming the first mask that does not fit the model; change nothing."""
+    if not masks:
+        raise PruneError("no masks given")
+    for name, mask in masks.items():
+        module, attr = _resolve(model, name)
+        shape = tuple(_storage(module, attr).shape)
+        if tuple(mask.shape) != shape:
+            raise PruneError(
+                f"mask {name!r} has shape {tuple(mask.shape)}, parameter has shape {shape}"
+            )
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Masks:
+    """Install `masks` (replacing any existing mask on the same parameter); returns them as bool."""
+    validate_masks(model, masks)
+    out: Masks = {}
+    for name, mask in masks.items():
+        module, attr = _resolve(model, name)
+        storage = _storage(module, attr)
+        mask = mask.to(device=storage.device, dtype=torch.bool)
+        if is_pruned(module, attr):
+            getattr(module, attr + "_mask").copy_(mask)
+            setattr(module, attr, storage * getattr(module, attr + "_mask"))
+        else:
+            prune.custom_from_mask(module, attr, mask)
+        out[name] = mask
+    return out
+
+
+def get_masks(model: nn.Module) -> Masks:
+    """Bool masks of every pruned parameter, keyed by its unpruned name."""
+    out: Masks = {}
+    for module_name, module in model.named_modules():
+        for buf_name, buf in module.named_buffers(recurse=False):
+            if buf_name.endswith("_mask") and hasattr(module, buf_name[:-5] + "_orig"):
+                attr = buf_name[:-5]
+                out[f"{module_name}.{attr}" if module_name else attr] = buf.bool()
+    return out
+
+
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Bake masks into plain parameters (`prune.remove`): pruned weights become stored zeros."""
+    for name in get_masks(model):
+        module, attr = _resolve(model, name)
+        prune.remove(module, attr)
+    return model
+
+
+def save_masks(path: str | os.PathLike, masks: Mapping[str, torch.Tensor]) -> None:
+    """Write masks as bool tensors to a safetensors file, atomically."""
+    tensors = {k: v.detach().to("cpu", torch.bool).contiguous() for k, v in masks.items()}
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp))
+
+
+def load_masks(path: str | os.PathLike) -> Masks:
+    """Read masks written by `save_masks`."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"mask file {os.fspath(path)!r} does not exist")
+    try:
+        masks = safetensors.torch.load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a corrupt header
+        raise CheckpointError(f"mask file {os.fspath(path)!r} is not a safetensors file: {exc}") from None
+    return {k: v.bool() for k, v in masks.items()}
+
+
+class MaskKeeper:
+    """Keeps pruned weights at zero during training: re-applies masks to `weight_orig`.
+
+    Torch's hook already zeroes the *effective* weight in forward, but momentum and weight
+    decay move the stored `weight_orig`; re-masking after each step keeps both at zero, which
+    lottery-ticket rewinding and `make_permanent` rely on. Use `attach(optimizer)` or call the
+    keeper (e.g. from a training loop's `on_step`).
+    """
+
+    def __init__(self, model: nn.Module):
+        masks = get_masks(model)
+        if not masks:
+            raise PruneError("model has no pruning masks to keep")
+        self._entries = [(*_resolve(model, name), mask) for name, mask in masks.items()]
+
+    @torch.no_grad()
+    def __call__(self, *_args, **_kwargs) -> None:
+        storages = [_storage(m, a) for m, a, _ in self._entries]
+        cuda_ext.apply_masks_(storages, [mask for _, _, mask in self._entries])
+        for module, attr, _ in self._entries:
+            setattr(module, attr, _storage(module, attr) * getattr(module, attr + "_mask"))
+
+    def attach(self, optimizer: torch.optim.Optimizer):
+        """Re-apply after every `optimizer.step()`; returns the removable hook handle."""
+        return optimizer.register_step_post_hook(self)

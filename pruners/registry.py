@@ -1,0 +1,88 @@
+"""`pruners.prune(model, method, sparsity, **kwargs)` and the name -> pruner registry.
+
+A pruner is `fn(model, targets, k, **kwargs) -> list[bool keep-mask]` (one per target, in
+order) that prunes exactly k weights in total. `prune` validates everything first (sparsity,
+selection patterns, method name, kwargs), so a bad request leaves the model untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruners.errors import PruneError
+from pruners.masks import Masks, apply_masks
+from pruners.selection import Target, select_targets
+
+PrunerFn = Callable[..., list[torch.Tensor]]
+_REGISTRY: dict[str, PrunerFn] = {}
+_SELECTION_KEYS = ("include_types", "exclude_types", "include", "exclude", "prune_first",
+                   "prune_last")
+
+
+def register_pruner(name: str) -> Callable[[PrunerFn], PrunerFn]:
+    def deco(fn: PrunerFn) -> PrunerFn:
+        if name in _REGISTRY:
+            raise ValueError(f"pruner {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_pruners() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_pruner(name: str) -> PrunerFn:
+    if name not in _REGISTRY:
+        raise PruneError(f"unknown pruning method {name!r}; expected one of {list_pruners()}")
+    return _REGISTRY[name]
+
+
+def check_sparsity(sparsity: Any) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+        raise PruneError(f"sparsity={sparsity!r} must be a number in [0, 1)")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise PruneError(f"sparsity={sparsity} is outside [0, 1)")
+    return float(sparsity)
+
+
+def _check_kwargs(method: str, fn: PrunerFn, kwargs: dict[str, Any]) -> None:
+    params = inspect.signature(fn).parameters
+    allowed = [p for p in params if p not in ("model", "targets", "k")]
+    unknown = [key for key in kwargs if key not in allowed]
+    if unknown:
+        raise PruneError(f"pruner {method!r} takes no option {unknown[0]!r}; options: {allowed}")
+
+
+def prune(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> Masks:
+    """Prune `model` in place to `sparsity` of the selected weights; returns the bool masks.
+
+    Selection keywords (`include_types`, `exclude_types`, `include`, `exclude`,
+    `prune_first`, `prune_last`) pick the layers; the rest go to the pruner. Sparsity is the
+    total over the selected layers, counting weights an earlier call already pruned.
+    """
+    s = check_sparsity(sparsity)
+    fn = get_pruner(method)
+    selection = {key: kwargs.pop(key) for key in _SELECTION_KEYS if key in kwargs}
+    _check_kwargs(method, fn, kwargs)
+    targets: list[Target] = select_targets(model, **selection)
+    n = sum(t.numel for t in targets)
+    k = round(s * n)
+    already = sum(int((~m).sum()) for t in targets if (m := t.mask) is not None)
+    if already > k:
+        raise PruneError(
+            f"model already has {already} of {n} selected weights pruned ({already / n:.1%}), "
+            f"more than the requested {s:.1%}; masks only grow"
+        )
+    masks = fn(model, targets, k, **kwargs)
+    out = {
+        t.name: (m & old if (old := t.mask) is not None else m)
+        for t, m in zip(targets, masks, strict=True)
+    }
+    return apply_masks(model, out)

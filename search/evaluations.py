@@ -1,0 +1,219 @@
+"""The evaluations table: one row per evaluated arch, the source of truth of a search.
+
+Columns: `arch_id`, `arch` (canonical JSON), one column per metric (units in the name), `source`,
+`device`, `seed`, `generation`, `timestamp`. Unmeasured values are NaN, never 0. The Parquet file
+carries metadata (metric directions and units, device, space fingerprint) so a reader can compute
+`is_pareto` itself; it is never stored as truth. `Evaluator` wraps the objectives and never
+re-evaluates an arch_id the table already has, which is what makes a search resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nasbench_core.atomic import atomic_path
+from nasbench_core.errors import RunError, UserError
+from search.objectives import Objective
+from search.pareto import pareto_mask
+
+BASE_COLUMNS = ["arch_id", "arch"]
+TAIL_COLUMNS = ["source", "device", "seed", "generation", "timestamp"]
+METADATA_KEY = b"nasbench.evaluations"
+
+
+def empty_table(metrics: Sequence[str]) -> pd.DataFrame:
+    cols = {c: pd.Series(dtype="string") for c in BASE_COLUMNS}
+    cols.update({m: pd.Series(dtype="float64") for m in metrics})
+    cols.update({
+        "source": pd.Series(dtype="string"),
+        "device": pd.Series(dtype="string"),
+        "seed": pd.Series(dtype="int64"),
+        "generation": pd.Series(dtype="int64"),
+        "timestamp": pd.Series(dtype="float64"),
+    })
+    return pd.DataFrame(cols)
+
+
+def table_metadata(objectives: Sequence[Objective], device: str, space_fingerprint: str) -> dict:
+    return {
+        "directions": {o.name: o.direction for o in objectives},
+        "units": {o.name: o.unit for o in objectives},
+        "sources": {o.name: o.source for o in objectives},
+        "device": device,
+        "space_fingerprint": space_fingerprint,
+    }
+
+
+def write_table(path: str | Path, df: pd.DataFrame, metadata: dict) -> None:
+    """Atomic Parquet write with `metadata` stored as JSON in the file's schema metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(df.drop(columns=["is_pareto"], errors="ignore"),
+                                 preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[METADATA_KEY] = json.dumps(metadata).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
+
+
+def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """The table and its nasbench metadata ({} if the file has none)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunError(f"evaluations table {path} does not exist")
+    table = pq.read_table(path)
+    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    return table.to_pandas(), (json.loads(raw) if raw else {})
+
+
+def with_pareto(df: pd.DataFrame, directions: dict[str, str]) -> pd.DataFrame:
+    """A copy of `df` with a computed boolean `is_pareto` column."""
+    out = df.copy()
+    out["is_pareto"] = pareto_mask(out, directions) if len(out) else np.zeros(0, dtype=bool)
+    return out
+
+
+class BudgetExhausted(Exception):
+    """Raised inside an optimizer when the true-evaluation budget is spent."""
+
+
+class Evaluator:
+    """Evaluates archs on every metric, appending rows to the table; cached by arch_id.
+
+    `objectives` are what the optimizer minimises/maximises; `extra` metrics are measured only
+    so constraints can use them. `budget` caps the number of new (true) evaluations.
+    `on_update(df)` runs after every batch (the CLI uses it to persist the table).
+    """
+
+    def __init__(
+        self,
+        space,
+        objectives: Sequence[Objective],
+        *,
+        extra: Sequence[Objective] = (),
+        table: pd.DataFrame | None = None,
+        device: str = "cpu",
+        seed: int = 0,
+        budget: int | None = None,
+        on_update: Callable[[pd.DataFrame], None] | None = None,
+    ):
+        self.space = space
+        self.objectives = list(objectives)
+        self.metrics = self.objectives + [e for e in extra if e.name not in self.names]
+        self.device = device
+        self.seed = seed
+        self.budget = budget
+        self.on_update = on_update
+        self.n_new = 0
+        base = empty_table([m.name for m in self.metrics]) if table is None else table.copy()
+        for m in self.metrics:
+            if m.name not in base.columns:
+                base[m.name] = np.nan
+        self._columns = list(base.columns)
+        self._dtypes = base.dtypes.to_dict()
+        self._records: list[dict] = base.to_dict("records")
+        self._rows: dict[str, int] = {r["arch_id"]: i for i, r in enumerate(self._records)}
+        self._df: pd.DataFrame | None = base
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.objectives]
+
+    @property
+    def directions(self) -> dict[str, str]:
+        return {o.name: o.direction for o in self.objectives}
+
+    @property
+    def remaining(self) -> float:
+        return np.inf if self.budget is None else self.budget - self.n_new
+
+    def metadata(self) -> dict:
+        return table_metadata(self.metrics, self.device, self.space.fingerprint())
+
+    def has(self, arch: dict) -> bool:
+        return self.space.arch_id(arch) in self._rows
+
+    @property
+    def df(self) -> pd.DataFrame:
+        """The table so far (built lazily: appending rows stays O(1) per evaluation)."""
+        if self._df is None:
+            self._df = pd.DataFrame(self._records, columns=self._columns).astype(self._dtypes)
+        return self._df
+
+    def evaluate(self, archs: Sequence[dict], generation: int = 0) -> pd.DataFrame:
+        """Rows (one per arch, input order) of all metrics; evaluates only unseen arch_ids.
+
+        Stops with `BudgetExhausted` before the first new evaluation past the budget; rows
+        evaluated before that are already in the table.
+        """
+        ids = [self.space.arch_id(a) for a in archs]
+        new_rows = []
+        try:
+            for arch, aid in zip(archs, ids, strict=True):
+                if aid in self._rows or any(r["arch_id"] == aid for r in new_rows):
+                    continue
+                if self.remaining <= 0:
+                    raise BudgetExhausted
+                new_rows.append(self._measure(arch, aid, generation))
+                self.n_new += 1
+        finally:
+            self._append(new_rows)
+        names = [m.name for m in self.metrics]
+        rows = [[self._records[self._rows[aid]][n] for n in names] for aid in ids]
+        return pd.DataFrame(rows, columns=names, dtype=float)
+
+    def _measure(self, arch: dict, aid: str, generation: int) -> dict:
+        values = {m.name: m(arch) for m in self.metrics}
+        sources = {m.source for m in self.metrics}
+        return {
+            "arch_id": aid,
+            "arch": self.space.canonical(arch),
+            **values,
+            "source": sources.pop() if len(sources) == 1 else "mixed",
+            "device": self.device,
+            "seed": self.seed,
+            "generation": generation,
+            "timestamp": time.time(),
+        }
+
+    def _append(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        for r in rows:
+            self._rows[r["arch_id"]] = len(self._records)
+            self._records.append(r)
+        self._df = None
+        if self.on_update is not None:
+            self.on_update(self.df)
+
+    def pareto(self) -> pd.DataFrame:
+        """Rows on the front of the objectives, with `is_pareto` computed."""
+        df = with_pareto(self.df, self.directions)
+        return df[df["is_pareto"]].reset_index(drop=True)
+
+
+def check_compatible(metadata: dict, *, space_fingerprint: str, device: str,
+                     metrics: Sequence[str] | None = None) -> None:
+    """A resumed table must come from the same space and device, and measure the same metrics
+    (rows missing a new metric would otherwise count as evaluated with NaN)."""
+    fp = metadata.get("space_fingerprint")
+    if fp is not None and fp != space_fingerprint:
+        raise UserError(
+            f"evaluations table is from search space {fp}; this supernet's space is "
+            f"{space_fingerprint}"
+        )
+    dev = metadata.get("device")
+    if dev is not None and dev != device:
+        raise UserError(f"evaluations table was measured on device {dev!r}, not {device!r}")
+    have = list(metadata.get("directions", {}))
+    if metrics is not None and have and sorted(have) != sorted(metrics):
+        raise UserError(f"evaluations table measures {have}; this search measures {list(metrics)}")

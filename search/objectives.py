@@ -1,0 +1,226 @@
+"""Objectives: named callables arch -> float with a direction, a unit and a source.
+
+`Objective` is the value type every optimizer sees. The kind registry maps the column names of
+the evaluations table (`top1`, `macs`, `params`, `latency_ms`, ...) to factories that build an
+objective from a context (supernet, loaders, device, predictors), so a config can name them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from nasbench_core.errors import UserError
+
+Direction = Literal["min", "max"]
+Source = Literal["measured", "predicted"]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One thing to optimise; `name` is its column in the evaluations table."""
+
+    name: str
+    fn: Callable[[dict], float]
+    direction: Direction
+    unit: str = ""
+    source: Source = "measured"
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("min", "max"):
+            raise UserError(f"objective {self.name!r}: direction must be 'min' or 'max'")
+        if self.source not in ("measured", "predicted"):
+            raise UserError(f"objective {self.name!r}: source must be 'measured' or 'predicted'")
+
+    def __call__(self, arch: dict) -> float:
+        return float(self.fn(arch))
+
+
+@dataclass
+class ObjectiveContext:
+    """Everything an objective kind may need; kinds take only what they use."""
+
+    supernet: Any = None
+    calib_loader: Any = None
+    val_loader: Any = None
+    device: str = "cpu"
+    bn_batches: int = 8
+    val_batches: int | None = None
+    input_shape: tuple[int, ...] | None = None
+    latency: Mapping[str, Any] = field(default_factory=dict)
+    predictors: Mapping[str, Any] = field(default_factory=dict)
+    cost_cache: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class ObjectiveKind:
+    name: str
+    direction: Direction
+    unit: str
+    source: Source
+    factory: Callable[[ObjectiveContext], Callable[[dict], float]]
+    help: str
+
+
+_KINDS: dict[str, ObjectiveKind] = {}
+
+
+def register_objective(
+    name: str, *, direction: Direction, unit: str, source: Source, help: str
+) -> Callable:
+    """Register a factory `ctx -> (arch -> float)` under the table column `name`."""
+
+    def deco(factory: Callable[[ObjectiveContext], Callable[[dict], float]]):
+        _KINDS[name] = ObjectiveKind(name, direction, unit, source, factory, help)
+        return factory
+
+    return deco
+
+
+def list_objectives() -> list[str]:
+    return sorted(_KINDS)
+
+
+def objective_kind(name: str) -> ObjectiveKind:
+    if name not in _KINDS:
+        raise UserError(f"unknown objective {name!r}; known: {', '.join(list_objectives())}")
+    return _KINDS[name]
+
+
+def make_objective(name: str, ctx: ObjectiveContext) -> Objective:
+    kind = objective_kind(name)
+    return Objective(name, kind.factory(ctx), kind.direction, kind.unit, kind.source)
+
+
+def make_objectives(names: list[str], ctx: ObjectiveContext) -> list[Objective]:
+    for n in names:
+        objective_kind(n)  # fail on a typo before building anything expensive
+    if len(set(names)) != len(names):
+        raise UserError(f"objectives repeat a name: {names}")
+    return [make_objective(n, ctx) for n in names]
+
+
+def _need(ctx: ObjectiveContext, attr: str, objective: str) -> Any:
+    value = getattr(ctx, attr)
+    if value is None:
+        raise UserError(f"objective {objective!r} needs a {attr.replace('_', ' ')}")
+    return value
+
+
+class SupernetAccuracy:
+    """Top-1 of the supernet in `arch` after BN recalibration, cached by arch_id."""
+
+    def __init__(self, ctx: ObjectiveContext):
+        self.net = _need(ctx, "supernet", "top1")
+        self.calib_loader = _need(ctx, "calib_loader", "top1")
+        self.val_loader = _need(ctx, "val_loader", "top1")
+        self.device = ctx.device
+        self.bn_batches = ctx.bn_batches
+        self.val_batches = ctx.val_batches
+        self.cache: dict[str, float] = {}
+
+    def __call__(self, arch: dict) -> float:
+        aid = self.net.space.arch_id(arch)
+        if aid not in self.cache:
+            self.cache[aid] = self._measure(arch)
+        return self.cache[aid]
+
+    def _measure(self, arch: dict) -> float:
+        import torch
+
+        import supernets
+
+        net = self.net.to(self.device)
+        net.set_active(arch)
+        supernets.recalibrate_bn(net, self.calib_loader, self.bn_batches)
+        net.eval()
+        correct = total = 0
+        with torch.inference_mode():
+            for i, (x, y) in enumerate(self.val_loader):
+                if self.val_batches is not None and i >= self.val_batches:
+                    break
+                x = supernets.prepare_input(x.to(self.device), arch)
+                correct += int((net(x).argmax(1) == y.to(self.device)).sum())
+                total += int(y.numel())
+        if total == 0:
+            raise UserError("objective 'top1': the validation loader is empty")
+        return correct / total
+
+
+@register_objective(
+    "top1", direction="max", unit="fraction", source="measured",
+    help="supernet top-1 accuracy after BN recalibration on a validation subset",
+)
+def _top1(ctx: ObjectiveContext) -> Callable[[dict], float]:
+    return SupernetAccuracy(ctx)
+
+
+def _cost(ctx: ObjectiveContext, which: str) -> Callable[[dict], float]:
+    from search import costs
+
+    net = _need(ctx, "supernet", which)
+
+    def fn(arch: dict) -> float:
+        aid = net.space.arch_id(arch)
+        if aid not in ctx.cost_cache:  # shared by macs and params: one extraction per arch
+            ctx.cost_cache[aid] = costs.subnet_costs(net, arch, input_shape=ctx.input_shape)
+        return float(ctx.cost_cache[aid][which])
+
+    return fn
+
+
+@register_objective(
+    "macs", direction="min", unit="MACs", source="measured",
+    help="multiply-accumulates of the extracted subnet (torch.utils.flop_counter)",
+)
+def _macs(ctx: ObjectiveContext) -> Callable[[dict], float]:
+    return _cost(ctx, "macs")
+
+
+@register_objective(
+    "params", direction="min", unit="count", source="measured",
+    help="parameter count of the extracted subnet",
+)
+def _params(ctx: ObjectiveContext) -> Callable[[dict], float]:
+    return _cost(ctx, "params")
+
+
+@register_objective(
+    "latency_ms", direction="min", unit="ms", source="measured",
+    help="median latency of the extracted subnet measured on this machine",
+)
+def _latency(ctx: ObjectiveContext) -> Callable[[dict], float]:
+    from search import latency
+
+    net = _need(ctx, "supernet", "latency_ms")
+    return latency.latency_objective(net, device=ctx.device, input_shape=ctx.input_shape,
+                                     **dict(ctx.latency))
+
+
+def _predicted(ctx: ObjectiveContext, name: str) -> Callable[[dict], float]:
+    predictor = ctx.predictors.get(name)
+    if predictor is None:
+        raise UserError(f"objective {name!r} needs a fitted predictor (predictors.{name})")
+    net = _need(ctx, "supernet", name)
+
+    def fn(arch: dict) -> float:
+        return float(predictor.predict([net.space.validate(arch)])[0])
+
+    return fn
+
+
+@register_objective(
+    "latency_ms_pred", direction="min", unit="ms", source="predicted",
+    help="latency predicted by a fitted latency predictor",
+)
+def _latency_pred(ctx: ObjectiveContext) -> Callable[[dict], float]:
+    return _predicted(ctx, "latency_ms_pred")
+
+
+@register_objective(
+    "top1_pred", direction="max", unit="fraction", source="predicted",
+    help="top-1 predicted by a fitted accuracy predictor",
+)
+def _top1_pred(ctx: ObjectiveContext) -> Callable[[dict], float]:
+    return _predicted(ctx, "top1_pred")

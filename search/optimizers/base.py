@@ -1,0 +1,53 @@
+"""Optimizer base class and registry."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from nasbench_core.errors import UserError
+from search.problem import SearchProblem
+
+_REGISTRY: dict[str, type[Optimizer]] = {}
+
+
+class Optimizer(ABC):
+    """A search strategy. Subclasses are dataclasses whose fields are their settings."""
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    # Consecutive steps that found nothing new before giving up (tiny or exhausted spaces).
+    max_stall: ClassVar[int] = 50
+
+    @abstractmethod
+    def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
+        """Spend `problem.evaluator.budget` true evaluations; `workdir` holds resumable state."""
+
+
+def register_optimizer(name: str, help: str) -> Callable[[type[Optimizer]], type[Optimizer]]:
+    def deco(cls: type[Optimizer]) -> type[Optimizer]:
+        cls.name, cls.help = name, help
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def list_optimizers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **kwargs: Any) -> Optimizer:
+    """An optimizer by registry name; unknown names or settings are one-line UserErrors."""
+    if name not in _REGISTRY:
+        raise UserError(f"unknown optimizer {name!r}; known: {', '.join(list_optimizers())}")
+    cls = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(kwargs) - fields)
+    if bad:
+        raise UserError(f"optimizer {name!r} has no setting {bad[0]!r}; settings: "
+                        f"{', '.join(sorted(fields)) or '(none)'}")
+    return cls(**kwargs)

@@ -1,0 +1,175 @@
+"""The `Supernet` base class and the family registry (`register_supernet`, `create`).
+
+A family subclass builds its elastic layers, owns a `SearchSpace` and implements three things:
+`_configure(arch)` (push the arch's choices into its elastic ops), `_extract()` (stock layers
+for the active arch) and `count_params(arch)` (analytic, without building anything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasbench_core.errors import UserError
+from supernets.space import Arch, SearchSpace
+
+_REGISTRY: dict[str, type[Supernet]] = {}
+_module_generation = 0  # bumped whenever any module registers a submodule anywhere
+
+
+def _bump_generation(*_: Any) -> None:
+    global _module_generation
+    _module_generation += 1
+
+
+torch.nn.modules.module.register_module_module_registration_hook(_bump_generation)
+
+
+def register_supernet(name: str) -> Callable[[type[Supernet]], type[Supernet]]:
+    """Class decorator: make a family available to `create(name, ...)`."""
+
+    def deco(cls: type[Supernet]) -> type[Supernet]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"supernet family {name!r} is already registered")
+        cls.family = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def list_supernets() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def create(
+    name: str,
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    width_mult: float = 1.0,
+    preset: str = "default",
+    mos: dict | None = None,
+    **kwargs: Any,
+) -> Supernet:
+    """Build a supernet of family `name`; `mos` turns it into a mixture-of-supernets."""
+    _load_families()
+    if name not in _REGISTRY:
+        raise UserError(f"unknown supernet family {name!r}; known: {sorted(_REGISTRY)}")
+    net = _REGISTRY[name](
+        num_classes=num_classes, in_chans=in_chans, width_mult=width_mult, preset=preset, **kwargs
+    )
+    if mos is not None:
+        try:
+            from supernets.mos import apply_mos
+        except ModuleNotFoundError as exc:
+            if exc.name != "supernets.mos":
+                raise
+            raise UserError("mixture-of-supernets is not available in this install") from None
+        net = apply_mos(net, mos)
+    net._build_kwargs["mos"] = None if mos is None else dict(mos)
+    return net
+
+
+def _load_families() -> None:
+    # Importing the family modules runs their @register_supernet decorators.
+    import supernets.families  # noqa: F401
+
+
+def prepare_input(x: torch.Tensor, arch: Mapping[str, Any] | None) -> torch.Tensor:
+    """Resize a batch to the arch's `resolution` (bilinear); a no-op when the arch has none."""
+    if not arch or "resolution" not in arch:
+        return x
+    res = int(arch["resolution"])
+    if x.shape[-2] == res and x.shape[-1] == res:
+        return x
+    return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
+
+
+def training_layout(x: torch.Tensor) -> torch.Tensor:
+    """NHWC for CPU training: oneDNN's conv backward (depthwise above all) is several times
+    faster in channels-last; inference keeps the caller's layout, like an extracted subnet."""
+    if x.device.type == "cpu" and x.dim() == 4 and torch.is_grad_enabled():
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+class Supernet(nn.Module):
+    """A weight-sharing network over `space`; `forward` runs the active subnet."""
+
+    family: str = "?"
+
+    def __init__(self, space: SearchSpace, build_kwargs: dict[str, Any]):
+        super().__init__()
+        self.space = space
+        self._build_kwargs = {**build_kwargs, "mos": None}
+        self._active: Arch | None = None
+        self._hooks: tuple[int, list[nn.Module]] = (-1, [])
+
+    # -- arch selection --------------------------------------------------------------------
+    @property
+    def active_arch(self) -> Arch:
+        if self._active is None:
+            raise UserError("no active arch: call set_active(arch) first")
+        return dict(self._active)
+
+    def set_active(self, arch: Mapping[str, Any]) -> None:
+        """Validate `arch`, configure the elastic ops, then run `on_set_active` hooks (MoS)."""
+        arch = self.space.validate(arch)
+        self._configure(arch)
+        self._active = arch
+        hooks = self._hook_modules()
+        if hooks:
+            features = torch.from_numpy(self.space.features(arch))
+            for m in hooks:
+                m.on_set_active(arch, features)
+
+    def _hook_modules(self) -> list[nn.Module]:
+        """Submodules with `on_set_active`, rescanned only after the module tree changed."""
+        if self._hooks[0] != _module_generation:
+            found = [m for m in self.modules() if hasattr(m, "on_set_active")]
+            self._hooks = (_module_generation, found)
+        return self._hooks[1]
+
+    def prepare_input(self, x: torch.Tensor, arch: Mapping[str, Any] | None = None) -> torch.Tensor:
+        return prepare_input(x, self._active if arch is None else arch)
+
+    # -- extraction and bookkeeping --------------------------------------------------------
+    def extract(self, arch: Mapping[str, Any] | None = None) -> nn.Module:
+        """A standalone module of stock torch layers with the arch's (copied) weights."""
+        previous = self._active
+        self.set_active(self._active if arch is None else arch)
+        try:
+            with torch.no_grad():
+                module = self._extract()
+            module.train(self.training)
+            return module
+        finally:
+            if previous is not None:
+                self.set_active(previous)
+
+    def build_config(self) -> dict[str, Any]:
+        """Family name and keyword arguments that rebuild this supernet via `create(**cfg)`."""
+        return {"name": self.family, **self._build_kwargs}
+
+    def reorder_channels(self) -> None:
+        """Sort elastic channels by L1 importance so leading slices keep the important ones."""
+        with torch.no_grad():
+            for m in self.modules():
+                if m is not self and hasattr(m, "reorder_channels"):
+                    m.reorder_channels()
+
+    # -- to implement per family -----------------------------------------------------------
+    def _configure(self, arch: Arch) -> None:
+        raise NotImplementedError
+
+    def _extract(self) -> nn.Module:
+        raise NotImplementedError
+
+    def count_params(self, arch: Mapping[str, Any]) -> int:
+        raise NotImplementedError

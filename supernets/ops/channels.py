@@ -1,0 +1,39 @@
+"""Channel arithmetic shared by families and elastic ops: rounding and L1 re-ordering."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round `value` to a multiple of `divisor`, never more than 10% below it (MobileNet rule)."""
+    min_value = min_value or divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def importance_order(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """Indices of `weight`'s slices along `dim`, most important (largest L1) first."""
+    dims = [d for d in range(weight.dim()) if d != dim]
+    scores = weight.detach().abs().sum(dim=dims)
+    return torch.argsort(scores, descending=True, stable=True)
+
+
+def permute_(module: nn.Module, order: torch.Tensor, dim: int) -> None:
+    """Re-order a layer's output (dim 0) or input (dim 1) channels in place.
+
+    Norm layers only have output channels: their affine parameters and running stats move.
+    """
+    with torch.no_grad():
+        if dim == 0:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                t = getattr(module, name, None)
+                if t is not None:
+                    t.copy_(t.index_select(0, order))
+        else:
+            w = module.weight
+            if w.shape[1] > 1:  # depthwise convs have no input channels to move
+                w.copy_(w.index_select(1, order))

@@ -1,0 +1,130 @@
+"""`TrainHParams`: every knob of the supernet training recipe, validated once, open_lth style.
+
+A plain dataclass (not a pydantic model) so that library users and Ray workers can build it
+without the CLI; `from_dict` gives the CLI one-line `ConfigError`s naming the bad key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from nasbench_core.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+SAMPLINGS = ("sandwich", "uniform")
+
+
+@dataclass(frozen=True)
+class TrainHParams:
+    """Hyperparameters of BigNAS-style supernet training (sandwich rule + in-place distillation).
+
+    `sampling="sandwich"`: each step trains the largest subnet on labels, then the smallest and
+    `num_random` random subnets on the largest's soft logits, and takes one optimizer step.
+    `sampling="uniform"`: each step trains one uniformly sampled subnet on labels (single path).
+    """
+
+    epochs: int = 10
+    lr: float = 0.05  # peak learning rate, reached after warmup
+    optimizer: str = "sgd"  # sgd (nesterov) | adamw
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = True  # SGD only
+    weight_decay: float = 5e-5  # never applied to norm weights and biases
+    warmup_epochs: float = 1.0  # linear warmup, stepped per optimizer step
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    label_smoothing: float = 0.1  # for members that learn from labels
+    sampling: str = "sandwich"  # sandwich | uniform
+    num_random: int = 2  # random subnets per sandwich (besides largest and smallest)
+    distill_temperature: float = 1.0  # softens teacher and student logits in the KL
+    grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
+    max_steps_per_epoch: int | None = None  # cap on batches per epoch (quick runs)
+    amp: bool = True  # float16 autocast + GradScaler on CUDA; ignored on CPU
+    bn_recal_batches: int = 10  # batches for BN recalibration before each validation
+    val_max_batches: int | None = None  # cap on validation batches
+    keep_checkpoints: int = 2  # newest epoch checkpoints kept
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(self.lr > 0, "lr", self.lr, "a number > 0")
+        _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
+        _check(0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, "a number >= 0")
+        _check(
+            self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+            "warmup_epochs", self.warmup_epochs, f"less than epochs ({self.epochs})",
+        )
+        _check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        _check(
+            0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
+            "a number in [0, 1)",
+        )
+        _check(self.sampling in SAMPLINGS, "sampling", self.sampling, f"one of {SAMPLINGS}")
+        _check(self.num_random >= 0, "num_random", self.num_random, "an integer >= 0")
+        _check(
+            self.distill_temperature > 0, "distill_temperature", self.distill_temperature,
+            "a number > 0",
+        )
+        _check(
+            self.grad_clip is None or self.grad_clip > 0, "grad_clip", self.grad_clip,
+            "a number > 0 or null (no clipping)",
+        )
+        _check(
+            self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
+            "max_steps_per_epoch", self.max_steps_per_epoch, "an integer >= 1 or null",
+        )
+        _check(self.bn_recal_batches >= 1, "bn_recal_batches", self.bn_recal_batches, "an integer >= 1")
+        _check(
+            self.val_max_batches is None or self.val_max_batches >= 1,
+            "val_max_batches", self.val_max_batches, "an integer >= 1 or null",
+        )
+        _check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, *, prefix: str = "") -> TrainHParams:
+        """Build from a mapping (a YAML section); unknown keys and wrong types are ConfigErrors."""
+        data = dict(data or {})
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key, value in data.items():
+            if key not in hints:
+                raise ConfigError(f"unknown key '{prefix}{key}'; allowed: {', '.join(names)}")
+            data[key] = _coerce(f"{prefix}{key}", value, hints[key])
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}{exc}" if prefix else str(exc)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainHParams:
+        return dataclasses.replace(self, **changes)
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Accept YAML-typed values for a field; ints pass for floats, bools never pass for numbers."""
+    optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
+    base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: expected {base.__name__}, got null")
+    ok = (
+        (base is bool and isinstance(value, bool))
+        or (base is int and isinstance(value, int) and not isinstance(value, bool))
+        or (base is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (base is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ConfigError(f"{key}: expected {base.__name__}, got {value!r}")
+    return float(value) if base is float else value

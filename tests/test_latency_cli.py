@@ -1,0 +1,67 @@
+"""`nasbench latency measure | fit | evaluate` end to end, and their one-line user errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from search.latency import COLUMNS
+
+
+@pytest.mark.slow
+def test_measure_fit_evaluate_round_trip(cli, tmp_path):
+    sets = ["latency.n=8", "latency.warmup=1", "latency.repeats=3", "latency.threads=1",
+            "latency.pool_factor=1", f"run.root={tmp_path}", "run.name=lat"]
+    res = cli("latency", "measure", *[a for s in sets for a in ("--set", s)])
+    assert res.code == 0, res.err
+    run = tmp_path / "lat"
+    table = pd.read_parquet(run / "latency.parquet")
+    assert list(table.columns) == COLUMNS and len(table) == 8
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "completed"
+    assert manifest["device"]["key"] == table["device"].iloc[0]
+    assert manifest["space_fingerprint"] and manifest["device"]["threads"] == 1
+
+    res = cli("latency", "fit", str(run), "--regressors", "ridge", "--folds", "2", "--holdout", "0.25")
+    assert res.code == 0, res.err
+    assert "Kendall tau" in res.out and "MACs proxy tau" in res.out
+    saved = json.loads((run / "latency_predictor.json").read_text())
+    assert saved["model"]["name"] == "ridge" and saved["n_train"] == 8
+    assert json.loads((run / "latency_fit.json").read_text())["holdout"]["n"] == 2
+
+    res = cli("latency", "evaluate", str(run), str(run))
+    assert res.code == 0, res.err
+    assert "n=8" in res.out
+
+
+def test_fit_on_a_run_without_latency_table_is_a_user_error(cli, tmp_path):
+    run = tmp_path / "other"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"command": "train", "status": "completed"}))
+    res = cli("latency", "fit", str(run))
+    assert res.code == 2
+    assert "has no latency table" in res.err
+
+
+def test_measure_rejects_unknown_settings(cli, tmp_path):
+    res = cli("latency", "measure", "--set", "latency.backend=tvm", "--set", f"run.root={tmp_path}")
+    assert res.code == 2
+    assert "latency.backend" in res.err
+
+
+def test_measure_rebuilds_the_supernet_of_a_train_run(tmp_path):
+    from nasbench.commands.latency import SupernetSection, _build_supernet
+    from nasbench.errors import RunError
+
+    run = tmp_path / "train-run"
+    run.mkdir()
+    build = {"name": "mbv3", "num_classes": 5, "in_chans": 1, "width_mult": 1.0,
+             "preset": "tiny", "mos": None}
+    (run / "manifest.json").write_text(json.dumps({"command": "train", "supernet": build}))
+    net = _build_supernet(SupernetSection(from_run=run))
+    assert net.build_config() == build
+    (run / "manifest.json").write_text(json.dumps({"command": "prune"}))
+    with pytest.raises(RunError, match="records no supernet"):
+        _build_supernet(SupernetSection(from_run=run))

@@ -1,0 +1,53 @@
+"""`nasbench prune`: a real run end to end, and user mistakes as one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+CONFIG = """
+run: {{name: p, root: {root}}}
+data: {{name: digits, resolution: 16, channels: 1, batch_size: 64, limit: 128}}
+model: {{source: timm, name: test_resnet}}
+prune: {{method: {method}, sparsity: 0.6}}
+finetune: {{epochs: 1}}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["global_magnitude", "layer_dp"])
+def test_prune_run_writes_masks_report_metrics_onnx(cli, tmp_path, method):
+    cfg = tmp_path / "prune.yaml"
+    cfg.write_text(CONFIG.format(root=tmp_path / "results", method=method))
+    extra = ["--set", "prune.kwargs.num_samples=32", "--set", "prune.kwargs.num_amounts=11"]
+    res = cli("prune", str(cfg), "--quiet", *(extra if method == "layer_dp" else []))
+    assert res.code == 0, res.err
+    run = tmp_path / "results" / "p"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["sparsity"] == pytest.approx(0.6, abs=1e-4)
+    assert summary["onnx_max_abs_diff"] < 1e-4
+    report = pd.read_parquet(run / "sparsity.parquet")
+    assert report["layer"].iloc[-1] == "__global__"
+    assert report["sparsity"].iloc[-1] == pytest.approx(0.6, abs=1e-4)
+    assert (run / "masks.safetensors").exists() and (run / "pruned.onnx").exists()
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["stage"]) == ["dense", "pruned", "finetuned"]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("prune.sparsity=1.0", "prune.sparsity"),
+        ("prune.method=magic", "unknown pruning method 'magic'"),
+        ("model.name=no_such_net", "model.name='no_such_net'"),
+    ],
+)
+def test_prune_user_errors_exit_2_with_one_line(cli, tmp_path, override, message):
+    cfg = tmp_path / "prune.yaml"
+    cfg.write_text(CONFIG.format(root=tmp_path / "results", method="uniform"))
+    res = cli("prune", str(cfg), "--set", override)
+    assert res.code == 2
+    assert message in res.err
+    assert len(res.err.strip().splitlines()) == 1

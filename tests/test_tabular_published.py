@@ -1,0 +1,139 @@
+"""NAS-Bench-201 / NATS-Bench adapters on small files written in the official formats.
+
+The real files are gigabytes and cannot be downloaded here; these fixtures are made with the
+official API's own classes, so the adapter reads exactly the structures the real files hold.
+"""
+
+from __future__ import annotations
+
+import bz2
+import pickle
+
+import pytest
+import torch
+
+from nasbench.tabular.published import (
+    TOPOLOGY_SPACE,
+    open_nasbench201,
+    open_natsbench,
+    topology_string,
+)
+from nasbench_core.errors import UserError
+
+nas_201_api = pytest.importorskip("nas_201_api")
+
+
+def _results(arch_str: str, index: int, dataset: str, epochs: int, acc: float):
+    from nas_201_api.api_utils import ArchResults, ResultsCount
+
+    rc = ResultsCount(dataset, None, {e: acc - 5 + e for e in range(epochs)}, {e: 1.0 for e in range(epochs)},
+                      params=0.1 * (index + 1), flop=10.0 * (index + 1), arch_config={"arch_str": arch_str},
+                      seed=777, epochs=epochs, latency=[0.002 * (index + 1)])
+    names = ("x-valid", "ori-test")
+    rc.update_eval({f"{n}@{e}": acc + (1 if n == "ori-test" else 0) for n in names for e in range(epochs)},
+                   {f"{n}@{e}": 0.5 for n in names for e in range(epochs)},
+                   {f"{n}@{e}": 1.0 for n in names for e in range(epochs)})
+    result = ArchResults(index, arch_str)
+    result.update(dataset, 777, rc)
+    return result.state_dict()
+
+
+def _archs():
+    return [TOPOLOGY_SPACE.smallest(), TOPOLOGY_SPACE.largest(), TOPOLOGY_SPACE.sample(3)]
+
+
+def _nb201_dict():
+    archs = [topology_string(a) for a in _archs()]
+    infos = {i: {"less": _results(s, i, "cifar10", 12, 60.0 + i), "full": _results(s, i, "cifar10", 20, 80.0 + i)}
+             for i, s in enumerate(archs)}
+    return {"meta_archs": archs, "arch2infos": infos, "evaluated_indexes": list(range(len(archs)))}
+
+
+def test_nasbench201_queries_through_official_api(tmp_path):
+    path = tmp_path / "NAS-Bench-201-tiny.pth"
+    torch.save(_nb201_dict(), path)
+    bench = open_nasbench201(path, dataset="cifar10", hp="200")
+    assert bench.space == TOPOLOGY_SPACE and len(bench.space) == 6
+    largest = bench.query(TOPOLOGY_SPACE.largest())
+    assert largest["top1"] == pytest.approx(81.0) and largest["test_top1"] == pytest.approx(82.0)
+    assert largest["mflops"] == pytest.approx(20.0) and largest["latency_ms"] == pytest.approx(4.0)
+    top1, lat = bench.objectives(["top1", "latency_ms"])
+    assert (top1.direction, lat.direction) == ("max", "min")
+    assert top1(TOPOLOGY_SPACE.smallest()) == pytest.approx(80.0)
+    with pytest.raises(UserError, match="not in the benchmark file"):
+        bench.query(TOPOLOGY_SPACE.sample(99))
+    with pytest.raises(UserError, match="no objective 'energy'"):
+        bench.objectives(["energy"])
+
+
+def test_topology_string_matches_official_format():
+    arch = dict.fromkeys(TOPOLOGY_SPACE.names, "nor_conv_3x3")
+    arch["edge2<-1"] = "skip_connect"
+    assert topology_string(arch) == (
+        "|nor_conv_3x3~0|+|nor_conv_3x3~0|skip_connect~1|+|nor_conv_3x3~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    )
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_files_with_code_are_refused(tmp_path):
+    evil = tmp_path / "evil.pth"
+    torch.save({"meta_archs": [Evil()]}, evil)
+    with pytest.raises(UserError, match="not a plain-data torch file"):
+        open_nasbench201(evil)
+    pbz2 = tmp_path / "NATS-evil.pickle.pbz2"
+    pbz2.write_bytes(bz2.compress(pickle.dumps({"x": Evil()})))
+    with pytest.raises(UserError, match="refusing to unpickle builtins.print"):
+        open_natsbench(pbz2)
+
+
+def test_missing_file_and_bad_options(tmp_path):
+    with pytest.raises(UserError, match="benchmark file not found"):
+        open_nasbench201(tmp_path / "NAS-Bench-201-v1_1-096897.pth")
+    torch.save(_nb201_dict(), tmp_path / "nb.pth")
+    with pytest.raises(UserError, match="dataset 'svhn'"):
+        open_nasbench201(tmp_path / "nb.pth", dataset="svhn")
+    with pytest.raises(UserError, match="search_space 'xyz'"):
+        open_natsbench(tmp_path / "nb.pth", search_space="xyz")
+    (tmp_path / "junk.pth").write_bytes(b"not a torch file")
+    with pytest.raises(UserError, match="not a plain-data torch file"):
+        open_nasbench201(tmp_path / "junk.pth")
+
+
+def _nats_results(arch_str: str, index: int, epochs: int, acc: float):
+    from nats_bench.api_utils import ArchResults, ResultsCount
+
+    rc = ResultsCount("cifar10", None, {e: acc for e in range(epochs)}, {e: 1.0 for e in range(epochs)},
+                      params=0.1 * (index + 1), flop=10.0 * (index + 1), arch_config={"arch_str": arch_str},
+                      seed=777, epochs=epochs, latency=[0.001])
+    rc.update_train_info({e: acc for e in range(epochs)}, {e: acc for e in range(epochs)},
+                         {e: 1.0 for e in range(epochs)}, {e: 2.0 for e in range(epochs)})
+    names = ("x-valid", "ori-test")
+    rc.update_eval({f"{n}@{e}": acc for n in names for e in range(epochs)},
+                   {f"{n}@{e}": 0.5 for n in names for e in range(epochs)},
+                   {f"{n}@{e}": 1.0 for n in names for e in range(epochs)})
+    result = ArchResults(index, arch_str)
+    result.update("cifar10", 777, rc)
+    return result.state_dict()
+
+
+@pytest.mark.parametrize("space_name", ["tss", "sss"])
+def test_natsbench_single_file(tmp_path, space_name):
+    pytest.importorskip("nats_bench")
+    from nasbench.tabular.published import SIZE_SPACE, size_string
+
+    space, to_str = (TOPOLOGY_SPACE, topology_string) if space_name == "tss" else (SIZE_SPACE, size_string)
+    archs = [space.smallest(), space.largest()]
+    strings = [to_str(a) for a in archs]
+    hp = "200" if space_name == "tss" else "90"
+    data = {"meta_archs": strings, "evaluated_indexes": [0, 1],
+            "arch2infos": {i: {hp: _nats_results(s, i, 5, 70.0 + i)} for i, s in enumerate(strings)}}
+    path = tmp_path / f"NATS-{space_name}-tiny.pickle.pbz2"
+    path.write_bytes(bz2.compress(pickle.dumps(data)))
+    bench = open_natsbench(path, search_space=space_name, dataset="cifar10", hp=hp)
+    assert bench.space == space
+    assert bench.query(archs[1])["top1"] == pytest.approx(71.0)
+    assert bench.query(archs[0])["mflops"] == pytest.approx(10.0)
