@@ -19,14 +19,6 @@ from supernets.checkpoint import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny(**kwargs):
     torch.manual_seed(kwargs.pop("seed", 0))
     return supernets.create("mbv3", preset="tiny", num_classes=10, in_chans=1, **kwargs)

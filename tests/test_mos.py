@@ -33,13 +33,6 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def make(family: str, mos: dict | None = None, seed: int = 0) -> supernets.Supernet:
     torch.manual_seed(seed)

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from nasbench.runs import load_run
 from search.evaluations import read_table
@@ -15,13 +14,6 @@ from tests.test_cli import assert_one_line_error
 FAST = ["--set", "data.limit=96", "--set", "data.batch_size=16", "--set", "evaluation.bn_batches=1",
         "--set", "evaluation.val_batches=1"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def write_config(tmp_path, **extra) -> str:

@@ -19,15 +19,6 @@ from supernets.training.loop import StepContext, train_step
 from supernets.training.optim import build_optimizer, warmup_cosine
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: one intra-op thread is both faster and deterministic here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def digits_loaders(n: int = 96, batch: int = 16, seed: int = 0):
     data = load_digits()
     x = torch.tensor(data.images[:n], dtype=torch.float32).unsqueeze(1) / 16.0

@@ -118,22 +118,11 @@ def make_train_fn(loader, lr: float):
     return train
 
 
-def accuracy(model, loader) -> float:
-    import torch
-
-    model.eval()
-    hits = total = 0
-    with torch.no_grad():
-        for x, y in loader:
-            hits += int((model(x).argmax(1) == y).sum())
-            total += len(y)
-    return hits / max(total, 1)
-
-
 def run_prune(cfg: PruneConfig) -> Path:
     import safetensors.torch
 
     import pruners
+    from nasbench.classify import evaluate
     from nasbench.data import load_dataset
     from nasbench.export import export_onnx
     from nasbench.progress import echo
@@ -158,18 +147,18 @@ def run_prune(cfg: PruneConfig) -> Path:
         if cfg.model.train_epochs:
             echo(f"training {cfg.model.name} for {cfg.model.train_epochs} epochs before pruning")
             train_fn(model, pruners.Span(cfg.model.train_epochs, "ep"), lambda it, ep: None)
-        before = accuracy(model, bundle.val_loader)
+        before = evaluate(model, bundle.val_loader)
         run.log_metrics({"stage": "dense", "val_acc": before, "sparsity": 0.0})
         masks = pruners.prune(model, cfg.prune.method, cfg.prune.sparsity, **kwargs)
         pruned = sum(int((~m).sum()) for m in masks.values())
         sparsity = pruned / sum(m.numel() for m in masks.values())
-        after = accuracy(model, bundle.val_loader)
+        after = evaluate(model, bundle.val_loader)
         run.log_metrics({"stage": "pruned", "val_acc": after, "sparsity": sparsity})
         tuned = after
         if cfg.finetune.epochs:
             keep = pruners.MaskKeeper(model)
             train_fn(model, pruners.Span(cfg.finetune.epochs, "ep"), lambda it, ep: keep())
-            tuned = accuracy(model, bundle.val_loader)
+            tuned = evaluate(model, bundle.val_loader)
             run.log_metrics({"stage": "finetuned", "val_acc": tuned, "sparsity": sparsity})
         pruners.save_masks(run.path / "masks.safetensors", pruners.get_masks(model))
         report = pruners.sparsity_report(model, example)

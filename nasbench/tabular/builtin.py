@@ -21,7 +21,7 @@ from nasbench_core.errors import UserError
 from supernets.space import SearchSpace
 
 OBJECTIVE_DIRECTIONS = {"top1": "max", "latency_ms": "min", "macs": "min", "params": "min"}
-OBJECTIVE_UNITS = {"top1": "%", "latency_ms": "ms", "macs": "MACs", "params": "params"}
+OBJECTIVE_UNITS = {"top1": "fraction", "latency_ms": "ms", "macs": "MACs", "params": "params"}
 TABLE_FILE = "tabular_digits.parquet"
 
 

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "space": SPACE.to_json(),
         "dataset": f"digits {RESOLUTION}px seed {args.seed}",
+        "top1": "validation top-1 accuracy as a fraction in [0, 1]",
         "recipe": f"SGD nesterov lr 0.05 cosine, {args.epochs} epochs, batch 64",
         "latency": "torch eager, CPU time, 1 thread, batch 1, median of 50",
         "directions": '{"top1": "max", "latency_ms": "min", "macs": "min", "params": "min"}',
