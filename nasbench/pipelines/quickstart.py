@@ -169,5 +169,5 @@ def run_quickstart(cfg: Any) -> Path:
     echo(f"  nasbench results {search_path}          # evaluations and Pareto tables")
     echo(f"  {search_path / 'pareto.png'}            # the front")
     echo(f"  {search_path / record['onnx']}  # the exported subnet")
-    echo(f"  NASBENCH_RUN={search_path} jupyter notebook examples/pareto.ipynb")
+    echo(f"  NASBENCH_RUN={search_path.resolve()} jupyter lab examples/pareto.ipynb  # needs jupyterlab")
     return run.path
