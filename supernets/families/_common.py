@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
@@ -51,3 +51,8 @@ def per_block(spec: Any, n: int) -> list[list[Any]]:
 
 def count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def active_blocks(stage_blocks: Sequence[Sequence[int]], arch: Mapping[str, Any]) -> list[int]:
+    """Indices of the blocks an arch runs: the first `stage{s}.depth` blocks of each stage."""
+    return [i for s, idx in enumerate(stage_blocks) for i in idx[: arch[f"stage{s}.depth"]]]

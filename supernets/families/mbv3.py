@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from supernets.base import Supernet, register_supernet, training_layout
-from supernets.families._common import activation, choices, count, per_block, preset_kwargs
+from supernets.families._common import activation, active_blocks, choices, count, per_block, preset_kwargs
 from supernets.ops import (
     DynamicBatchNorm2d,
     DynamicConv2d,
@@ -214,12 +214,8 @@ class MobileNetV3Supernet(Supernet):
         self._run: list[ElasticMBConv] = list(self.blocks)
         self.set_active(self.space.largest())
 
-    def _active_blocks(self, arch: Arch) -> list[int]:
-        return [i for s, idx in enumerate(self.stage_blocks)
-                for i in idx[: arch[f"stage{s}.depth"]]]
-
     def _configure(self, arch: Arch) -> None:
-        run = self._active_blocks(arch)
+        run = active_blocks(self.stage_blocks, arch)
         for i in run:
             self.blocks[i].set_active(arch[f"block{i}.kernel"], arch[f"block{i}.expand"])
         self._run = [self.blocks[i] for i in run]
@@ -241,7 +237,7 @@ class MobileNetV3Supernet(Supernet):
         arch = self.space.validate(arch)
         n = sum(count(m) for m in (self.stem, self.first, self.final, self.head))
         return n + sum(self.blocks[i].count(arch[f"block{i}.kernel"], arch[f"block{i}.expand"])
-                       for i in self._active_blocks(arch))
+                       for i in active_blocks(self.stage_blocks, arch))
 
 
 def _init_weights(net: nn.Module) -> None:

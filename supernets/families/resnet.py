@@ -19,7 +19,7 @@ from torch import nn
 
 from nasbench_core.errors import UserError
 from supernets.base import Supernet, register_supernet, training_layout
-from supernets.families._common import choices, count, per_block, preset_kwargs
+from supernets.families._common import active_blocks, choices, count, per_block, preset_kwargs
 from supernets.families.mbv3 import _init_weights
 from supernets.ops import (
     DynamicBatchNorm2d,
@@ -178,12 +178,8 @@ class ResNetSupernet(Supernet):
         self._run: list[ElasticResBlock] = list(self.blocks)
         self.set_active(self.space.largest())
 
-    def _active_blocks(self, arch: Arch) -> list[int]:
-        return [i for s, idx in enumerate(self.stage_blocks)
-                for i in idx[: arch[f"stage{s}.depth"]]]
-
     def _configure(self, arch: Arch) -> None:
-        run = self._active_blocks(arch)
+        run = active_blocks(self.stage_blocks, arch)
         for i in run:
             self.blocks[i].set_active(arch[f"block{i}.expand"])
         self._run = [self.blocks[i] for i in run]
@@ -202,4 +198,4 @@ class ResNetSupernet(Supernet):
         arch = self.space.validate(arch)
         n = count(self.stem) + count(self.fc)
         return n + sum(self.blocks[i].count(arch[f"block{i}.expand"])
-                       for i in self._active_blocks(arch))
+                       for i in active_blocks(self.stage_blocks, arch))
