@@ -5,7 +5,7 @@ Both paths give identical selections and masks; `backend()` says which one is ac
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -109,6 +109,28 @@ def global_magnitude_masks(tensors: Sequence[Tensor], k: int) -> list[Tensor]:
     if k == 0:
         return masks_from_threshold(ts, 0.0, 0)
     return masks_from_threshold(ts, kth_smallest_abs(ts, k), k)
+
+
+def iter_global_magnitude_masks(tensors: Sequence[Tensor], k: int) -> Iterator[Tensor]:
+    """The masks of `global_magnitude_masks`, made one tensor at a time on demand.
+
+    A caller that uses each mask and drops it (in-place pruning) never holds more than one
+    layer's mask: extra memory stays at the largest layer's bool mask whatever the model size.
+    """
+    ts = _check(tensors)
+    n = _numel(ts)
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
+        raise UserError(f"k={k!r} is out of range; expected an integer in [0, {n}]")
+    tkey = _torch_ops.threshold_key(kth_smallest_abs(ts, k) if k else 0.0)
+    ext = _ext_for(ts)
+    ops = _torch_ops if ext is None else ext
+    below, ties = ops.count_below_and_ties(ts, tkey)
+    quota = k - below
+    for t, n_ties in zip(ts, ties, strict=True):
+        take = min(quota, n_ties)
+        quota -= take
+        with torch.no_grad():
+            yield ops.masks_from_threshold([t], tkey, take, [n_ties])[0]
 
 
 def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:

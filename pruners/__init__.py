@@ -17,7 +17,7 @@ from pruners.masks import (
     save_masks,
     validate_masks,
 )
-from pruners.registry import get_pruner, list_pruners, prune, register_pruner
+from pruners.registry import get_pruner, list_pruners, prune, prune_permanent, register_pruner
 from pruners.report import sparsity_report
 from pruners.selection import Target, select_targets
 
@@ -39,6 +39,7 @@ __all__ = [
     "make_permanent",
     "parse_span",
     "prune",
+    "prune_permanent",
     "register_pruner",
     "save_masks",
     "validate_masks",

@@ -2,8 +2,9 @@
 
 A mask dict maps a parameter name as the *unpruned* model spells it (`layer1.0.conv1.weight`)
 to a bool tensor, True = kept. Applied masks live as `weight_orig` + `weight_mask` with torch's
-own forward pre-hook (`prune.custom_from_mask`), so `prune.remove`, `prune.is_pruned` and other
-torch tools understand them. Every function validates all masks before it touches the model.
+own forward pre-hook (a `prune.CustomFromMask`), so `prune.remove`, `prune.is_pruned` and other
+torch tools understand them; the mask buffer stays bool (see `_install`). Every function
+validates all masks before it touches the model.
 """
 
 from __future__ import annotations
@@ -64,6 +65,23 @@ def validate_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             )
 
 
+def _install(module: nn.Module, attr: str, mask: torch.Tensor) -> None:
+    """`prune.custom_from_mask`'s reparametrisation, keeping the bool mask as the buffer.
+
+    torch's version builds a ones tensor and stores a float copy of the mask, two weight-sized
+    tensors per layer; a bool buffer costs a quarter of an fp32 weight, and torch's hook,
+    `prune.remove` and `prune.is_pruned` treat it the same.
+    """
+    method = prune.CustomFromMask(mask)
+    method._tensor_name = attr
+    orig = getattr(module, attr)
+    module.register_parameter(attr + "_orig", orig)
+    del module._parameters[attr]
+    module.register_buffer(attr + "_mask", mask)
+    setattr(module, attr, method.apply_mask(module))
+    module.register_forward_pre_hook(method)
+
+
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Masks:
     """Install `masks` (replacing any existing mask on the same parameter); returns them as bool."""
@@ -77,7 +95,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Masks:
             getattr(module, attr + "_mask").copy_(mask)
             setattr(module, attr, storage * getattr(module, attr + "_mask"))
         else:
-            prune.custom_from_mask(module, attr, mask)
+            _install(module, attr, mask)
         out[name] = mask
     return out
 

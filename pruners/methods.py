@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+import cuda_ext
 from pruners import baselines
 from pruners.errors import PruneError
 from pruners.layer_dp import layer_dp
@@ -19,8 +20,10 @@ from pruners.selection import Target
 
 @register_pruner("global_magnitude")
 def _global_magnitude(model: nn.Module, targets: Sequence[Target], k: int,
-                      min_keep: int | float = 0) -> list[torch.Tensor]:
-    return global_magnitude([t.tensor for t in targets], k, min_keep)
+                      min_keep: int | float = 0) -> Iterable[torch.Tensor]:
+    if min_keep:
+        return global_magnitude([t.tensor for t in targets], k, min_keep)
+    return cuda_ext.iter_global_magnitude_masks([t.tensor.detach() for t in targets], k)
 
 
 @register_pruner("gradual_magnitude")

@@ -1,24 +1,25 @@
 """`pruners.prune(model, method, sparsity, **kwargs)` and the name -> pruner registry.
 
-A pruner is `fn(model, targets, k, **kwargs) -> list[bool keep-mask]` (one per target, in
-order) that prunes exactly k weights in total. `prune` validates everything first (sparsity,
+A pruner is `fn(model, targets, k, **kwargs) -> iterable of bool keep-masks` (one per target,
+in order) that prunes exactly k weights in total; an iterator lets `prune_permanent` hold one
+layer's mask at a time. `prune` validates everything first (sparsity,
 selection patterns, method name, kwargs), so a bad request leaves the model untouched.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from pruners.errors import PruneError
-from pruners.masks import Masks, apply_masks
+from pruners.masks import Masks, apply_masks, make_permanent
 from pruners.selection import Target, select_targets
 
-PrunerFn = Callable[..., list[torch.Tensor]]
+PrunerFn = Callable[..., Iterable[torch.Tensor]]
 _REGISTRY: dict[str, PrunerFn] = {}
 _SELECTION_KEYS = ("include_types", "exclude_types", "include", "exclude", "prune_first",
                    "prune_last")
@@ -60,13 +61,9 @@ def _check_kwargs(method: str, fn: PrunerFn, kwargs: dict[str, Any]) -> None:
         raise PruneError(f"pruner {method!r} takes no option {unknown[0]!r}; options: {allowed}")
 
 
-def prune(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> Masks:
-    """Prune `model` in place to `sparsity` of the selected weights; returns the bool masks.
-
-    Selection keywords (`include_types`, `exclude_types`, `include`, `exclude`,
-    `prune_first`, `prune_last`) pick the layers; the rest go to the pruner. Sparsity is the
-    total over the selected layers, counting weights an earlier call already pruned.
-    """
+def _plan(model: nn.Module, method: str, sparsity: float,
+          kwargs: dict[str, Any]) -> tuple[PrunerFn, list[Target], int, dict[str, Any]]:
+    """Validate a request (nothing touched yet): the pruner, its targets, k and its options."""
     s = check_sparsity(sparsity)
     fn = get_pruner(method)
     selection = {key: kwargs.pop(key) for key in _SELECTION_KEYS if key in kwargs}
@@ -80,9 +77,40 @@ def prune(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> Mask
             f"model already has {already} of {n} selected weights pruned ({already / n:.1%}), "
             f"more than the requested {s:.1%}; masks only grow"
         )
+    return fn, targets, k, kwargs
+
+
+def prune(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> Masks:
+    """Prune `model` in place to `sparsity` of the selected weights; returns the bool masks.
+
+    Selection keywords (`include_types`, `exclude_types`, `include`, `exclude`,
+    `prune_first`, `prune_last`) pick the layers; the rest go to the pruner. Sparsity is the
+    total over the selected layers, counting weights an earlier call already pruned.
+    """
+    fn, targets, k, kwargs = _plan(model, method, sparsity, kwargs)
     masks = fn(model, targets, k, **kwargs)
     out = {
         t.name: (m & old if (old := t.mask) is not None else m)
         for t, m in zip(targets, masks, strict=True)
     }
     return apply_masks(model, out)
+
+
+def prune_permanent(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> dict[str, int]:
+    """`prune` then `make_permanent`, without ever holding every mask: for models near RAM size.
+
+    Pruned weights become stored zeros, one layer at a time, and no mask is kept; global
+    magnitude makes each layer's mask only when its turn comes, so extra memory stays near
+    the largest layer's bool mask. Returns the number of zero weights per selected layer.
+    """
+    fn, targets, k, kwargs = _plan(model, method, sparsity, kwargs)
+    out: dict[str, int] = {}
+    for t, mask in zip(targets, fn(model, targets, k, **kwargs), strict=True):
+        if (old := t.mask) is not None:
+            mask = mask & old
+        with torch.no_grad():
+            t.param.mul_(mask)
+        out[t.name] = int(mask.numel() - mask.sum())
+    if any(t.mask is not None for t in targets):
+        make_permanent(model)  # earlier masks, and those of pruners that train (gradual, lottery)
+    return out

@@ -191,3 +191,20 @@ def test_compiled_radix_select_recovers_when_the_first_window_misses(backend):
         expected = torch.kthvalue(flat, k).values.view(torch.int32).item()
         for lo, width in [(0x7F000000, 1), (0, 1), (0x3F800000, 1 << 20), (0, 1 << 32)]:
             assert mod.kth_key(ts, k, lo, width) == expected, (k, hex(lo), width)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kth_smallest_abs_exact_on_large_mixed_inputs(backend, threads):
+    """Big enough for the sampled window, the block scan and several threads' chunks."""
+    g = torch.Generator().manual_seed(3)
+    ts = [torch.randn(300, 700, generator=g) * 0.05, torch.randint(-20, 21, (90_000,), generator=g).float(),
+          torch.randn(50_000, generator=g).half(), torch.randn(4, 64, 3, 3, generator=g) * 3]
+    flat = _flat_abs(ts)
+    n = flat.numel()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k in [1, n // 10, n // 2, round(0.9 * n), n - 1, n]:
+            assert cuda_ext.kth_smallest_abs(ts, k) == torch.kthvalue(flat, k).values.item(), k
+    finally:
+        torch.set_num_threads(previous)

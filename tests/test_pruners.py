@@ -113,6 +113,22 @@ def test_registry_exact_count_and_masks_survive_training(method, sparsity):
     assert (layers["kept_flops"] <= layers["flops"]).all()
 
 
+@pytest.mark.parametrize("method", pruners.list_pruners())
+def test_prune_permanent_equals_prune_then_make_permanent(method):
+    ours, ref = small_cnn(), small_cnn()
+    pruners.prune(ours, "global_magnitude", 0.3)  # earlier masks must be honoured too
+    pruners.prune(ref, "global_magnitude", 0.3)
+    counts = pruners.prune_permanent(ours, method, 0.8, **EXTRA_KWARGS.get(method, {}))
+    pruners.prune(ref, method, 0.8, **EXTRA_KWARGS.get(method, {}))
+    pruners.make_permanent(ref)
+    assert not torch_prune.is_pruned(ours)
+    expected = ref.state_dict()
+    assert ours.state_dict().keys() == expected.keys()
+    assert all(torch.equal(v, expected[k]) for k, v in ours.state_dict().items()), method
+    assert counts == {f"{name}.weight": int((m.weight == 0).sum())
+                      for name, m in ours.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
 def test_report_flops_match_flop_counter():
     model = small_cnn()
     pruners.prune(model, "uniform", 0.5)

@@ -58,6 +58,27 @@ def test_every_optimizer_spends_exactly_the_budget(name: str, tmp_path) -> None:
     assert acc.calls == size.calls == 20  # one true evaluation per row, none repeated
 
 
+TINY = SearchSpace({"a": [1, 2], "b": [1, 2, 3]})  # 6 archs
+
+
+@pytest.mark.parametrize("name", [n for n in search.list_optimizers() if n != "agemoea"])
+def test_every_optimizer_stops_on_an_exhausted_space(name: str, tmp_path) -> None:
+    objs = [Objective("top1", lambda a: float(a["a"]), "max", "fraction"),
+            Objective("macs", lambda a: float(a["b"]), "min", "MACs")]
+    ev = Evaluator(TINY, objs, budget=50)
+    kwargs = ({"inner_generations": 2, "inner_pop_size": 6, "regressors": ["ridge"],
+               "pop_size": 4} if name == "linas" else {})
+    search.create_optimizer(name, max_stall=3, **kwargs).run(SearchProblem(ev), seed=0,
+                                                            workdir=tmp_path)
+    assert len(ev.df) <= 6 and ev.df["arch_id"].is_unique
+
+
+def test_max_stall_is_a_validated_setting() -> None:
+    assert search.create_optimizer("optuna", max_stall=7).max_stall == 7
+    with pytest.raises(UserError, match="no setting 'stall'"):
+        search.create_optimizer("random", stall=7)
+
+
 def test_same_seed_same_table() -> None:
     a, _ = make_problem(budget=25)
     b, _ = make_problem(budget=25)

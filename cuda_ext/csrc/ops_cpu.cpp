@@ -21,8 +21,12 @@ namespace {
 constexpr int64_t kGrain = 1 << 16;
 constexpr int64_t kChunk = 1 << 18;      // elements per work item of a parallel pass
 constexpr int64_t kBins = 1 << 14;       // histogram bins per radix pass (128 KiB per thread)
-constexpr int64_t kSampleRuns = 1 << 13;  // strata of the sample guiding the first window
-constexpr int64_t kSampleRun = 8;         // consecutive elements read per stratum
+constexpr int64_t kSample = 1 << 16;     // strata (one key each) of the sample guiding the first window
+// Keys per block of a window pass's vectorised scan: short blocks for the sampled window
+// (~1% of keys inside, so long blocks would nearly all need the scatter), long ones once the
+// window is a single bin and blocks touching it are rare.
+constexpr int64_t kShortBlock = 32;
+constexpr int64_t kLongBlock = 512;
 
 void check_cpu(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu(), what, " must be on the CPU");
@@ -109,39 +113,82 @@ struct Window {
   uint32_t lo;
   uint64_t width;
   int shift;
-  Window(uint32_t lo_, uint64_t width_) : lo(lo_), width(width_), shift(0) {
+  Window(uint32_t lo_, uint64_t width_)
+      : lo(lo_), width(std::min<uint64_t>(width_, (uint64_t{1} << 32) - lo_)), shift(0) {
     while (((width - 1) >> shift) >= static_cast<uint64_t>(kBins)) ++shift;
   }
 };
 
-// One radix pass: counts keys below the window and histograms the keys inside it. The first
-// pass also finds the lowest tensor index holding a NaN (max key above the infinity key).
+// What one radix pass returns: the count of keys below its window and the window's histogram.
 struct PassResult {
   int64_t below;
   std::vector<int64_t> hist;
 };
 
-PassResult window_pass(const std::vector<at::Tensor>& tensors, const Window& w, FirstNaN* nan) {
+// Scan of one contiguous range for a window pass (see window_pass). Keys are compared in
+// uint32 arithmetic (`key - lo` wraps high when key < lo) so the block scan vectorises.
+struct ScanResult {
+  int64_t below = 0;
+  uint32_t worst = 0;
+};
+
+template <typename scalar_t>
+inline ScanResult window_scan(const scalar_t* p, int64_t n, uint32_t lo, uint32_t last, int shift,
+                              int64_t block, int64_t* h) {
+  ScanResult r;
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const int64_t b1 = std::min(n, b0 + block);
+    uint32_t below = 0, inside = 0, worst = r.worst;
+    for (int64_t j = b0; j < b1; ++j) {
+      const uint32_t key = abs_key(p[j]);
+      worst = std::max(worst, key);
+      below += key < lo;
+      inside |= static_cast<uint32_t>(key - lo) <= last;
+    }
+    r.worst = worst;
+    r.below += below;
+    if (inside == 0) continue;
+    for (int64_t j = b0; j < b1; ++j) {
+      const uint32_t d = abs_key(p[j]) - lo;
+      if (d <= last) ++h[d >> shift];
+    }
+  }
+  return r;
+}
+
+// fp32 is the common case: built for AVX2 too, picked at load time where the CPU has it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+ScanResult window_scan_f32(const float* p, int64_t n, uint32_t lo, uint32_t last, int shift,
+                           int64_t block, int64_t* h) {
+  return window_scan<float>(p, n, lo, last, shift, block, h);
+}
+
+// One radix pass: counts keys below the window and histograms the keys inside it. Blocks of
+// `block` keys get a branch-free scan that also flags whether any key is in the window; only
+// flagged blocks pay for the histogram scatter, and the sampled window holds ~1% of the keys.
+// The first pass also finds the lowest tensor index holding a NaN (a key above kInfKey).
+PassResult window_pass(const std::vector<at::Tensor>& tensors, const Window& w, int64_t block,
+                       FirstNaN* nan) {
   ThreadCounts counts(kBins + 1);  // [bins..., below]
-  const uint64_t width = w.width;
   const uint32_t lo = w.lo;
+  const uint32_t last = static_cast<uint32_t>(w.width - 1);
   const int shift = w.shift;
   parallel_over(tensors, [&](size_t i, int64_t begin, int64_t end) {
-    NB_DISPATCH(tensors[i].scalar_type(), "window_pass", [&] {
-      const scalar_t* p = tensors[i].data_ptr<scalar_t>();
-      int64_t* h = counts.mine();
-      int64_t below = 0;
-      uint32_t worst = 0;
-      for (int64_t j = begin; j < end; ++j) {
-        const uint32_t key = abs_key(p[j]);
-        worst = std::max(worst, key);
-        below += key < lo;
-        const uint64_t d = static_cast<uint64_t>(key) - lo;  // wraps high when key < lo
-        if (d < width) ++h[d >> shift];
-      }
-      h[kBins] += below;
-      if (nan != nullptr && worst > kInfKey) nan->report(static_cast<int64_t>(i));
-    });
+    int64_t* h = counts.mine();
+    ScanResult r;
+    if (tensors[i].scalar_type() == at::kFloat) {
+      r = window_scan_f32(tensors[i].data_ptr<float>() + begin, end - begin, lo, last, shift,
+                          block, h);
+    } else {
+      NB_DISPATCH(tensors[i].scalar_type(), "window_pass", [&] {
+        r = window_scan(tensors[i].data_ptr<scalar_t>() + begin, end - begin, lo, last, shift,
+                        block, h);
+      });
+    }
+    h[kBins] += r.below;
+    if (nan != nullptr && r.worst > kInfKey) nan->report(static_cast<int64_t>(i));
   });
   auto total = counts.total();
   const int64_t below = total[kBins];
@@ -149,40 +196,55 @@ PassResult window_pass(const std::vector<at::Tensor>& tensors, const Window& w, 
   return {below, std::move(total)};
 }
 
-// Sorted keys of a stratified sample (one run of kSampleRun elements per stratum) used to guess
-// a narrow key window around the k-th smallest; a wrong guess only costs one more pass.
+// Key window around the k-th smallest guessed from a stratified sample (one key per stratum):
+// its bounds are the sample's order statistics 5 standard deviations of the rank estimate
+// either side of rank k, so the window holds ~1% of the keys and misses rank k with
+// probability ~1e-6; a miss costs one more pass, never a wrong answer.
 std::pair<uint32_t, uint64_t> sampled_window(const std::vector<at::Tensor>& tensors, int64_t total,
                                              int64_t k) {
-  const int64_t runs = std::min<int64_t>(kSampleRuns, total / kSampleRun);
-  if (runs < 64) return {0, uint64_t{1} << 32};
+  const int64_t n = std::min<int64_t>(kSample, total / 4);
+  if (n < 256) return {0, uint64_t{1} << 32};
   std::vector<int64_t> off(tensors.size() + 1, 0);
   for (size_t i = 0; i < tensors.size(); ++i) off[i + 1] = off[i] + tensors[i].numel();
-  std::vector<uint32_t> sample;
-  sample.reserve(runs * kSampleRun);
-  const int64_t stratum = total / runs;
-  uint64_t state = 0x9E3779B97F4A7C15ull;
-  for (int64_t r = 0; r < runs; ++r) {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;  // LCG: fixed, cheap
-    int64_t pos = r * stratum + static_cast<int64_t>((state >> 33) % (stratum - kSampleRun + 1));
-    size_t i = std::upper_bound(off.begin(), off.end(), pos) - off.begin() - 1;
-    for (int64_t j = 0; j < kSampleRun && i < tensors.size(); ++j, ++pos) {
-      while (i < tensors.size() && pos >= off[i + 1]) ++i;
-      if (i == tensors.size()) break;
-      NB_DISPATCH(tensors[i].scalar_type(), "sample", [&] {
-        sample.push_back(abs_key(tensors[i].data_ptr<scalar_t>()[pos - off[i]]));
-      });
+  std::vector<uint32_t> sample(n);
+  at::parallel_for(0, n, 1 << 12, [&](int64_t r0, int64_t r1) {
+    size_t i = 0;
+    for (int64_t r = r0; r < r1; ++r) {
+      uint64_t state = (static_cast<uint64_t>(r) + 1) * 0x9E3779B97F4A7C15ull;  // fixed, cheap
+      state ^= state >> 31;
+      state *= 0xBF58476D1CE4E5B9ull;
+      state ^= state >> 29;
+      const int64_t begin = r * total / n, width = (r + 1) * total / n - begin;
+      const int64_t pos = begin + static_cast<int64_t>(state % static_cast<uint64_t>(width));
+      if (pos < off[i] || pos >= off[i + 1]) {
+        i = std::upper_bound(off.begin(), off.end(), pos) - off.begin() - 1;
+      }
+      const auto& t = tensors[i];
+      if (t.scalar_type() == at::kFloat) {  // skip the dispatch switch in the common case
+        sample[r] = abs_key(static_cast<const float*>(t.const_data_ptr())[pos - off[i]]);
+      } else {
+        NB_DISPATCH(t.scalar_type(), "sample", [&] {
+          sample[r] = abs_key(t.const_data_ptr<scalar_t>()[pos - off[i]]);
+        });
+      }
     }
-  }
-  std::sort(sample.begin(), sample.end());
-  const double n = static_cast<double>(sample.size());
+  });
   const double q = static_cast<double>(k) / static_cast<double>(total);
-  const double margin = 8.0 * std::sqrt(n * q * (1.0 - q)) * std::sqrt(double(kSampleRun)) + 64.0;
-  const double centre = q * n;
+  const double margin = 5.0 * std::sqrt(static_cast<double>(n) * q * (1.0 - q)) + 16.0;
+  const double centre = q * static_cast<double>(n);
   const int64_t a = static_cast<int64_t>(centre - margin);
   const int64_t b = static_cast<int64_t>(centre + margin);
-  const uint32_t lo = a <= 0 ? 0u : sample[a];
-  const uint64_t hi = b >= static_cast<int64_t>(sample.size()) ? (uint64_t{1} << 32) : sample[b];
-  return {lo, hi - lo + 1};
+  uint32_t lo = 0;
+  uint64_t hi = uint64_t{1} << 32;
+  if (a > 0) {
+    std::nth_element(sample.begin(), sample.begin() + a, sample.end());
+    lo = sample[a];
+  }
+  if (b < n) {
+    std::nth_element(sample.begin() + std::max<int64_t>(a, 0), sample.begin() + b, sample.end());
+    hi = sample[b];
+  }
+  return {lo, hi - lo + 1};  // Window clamps the width to the key range
 }
 
 // Returns the key of the k-th smallest |w|, or -(i + 1) when tensor i holds a NaN.
@@ -205,7 +267,8 @@ int64_t kth_key(const std::vector<at::Tensor>& tensors, int64_t k, int64_t guess
   bool first = true;
   while (true) {
     const Window w(lo, width);
-    const auto pass = window_pass(tensors, w, first ? &nan : nullptr);
+    const auto pass = window_pass(tensors, w, first ? kShortBlock : kLongBlock,
+                                  first ? &nan : nullptr);
     if (first && nan.found()) return -nan.index.load() - 1;
     first = false;
     const auto [bin, rank] = k > pass.below ? select_bin(pass.hist, k - pass.below)

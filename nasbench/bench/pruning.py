@@ -9,8 +9,10 @@ Parts (`--set parts=speed,dp,quality`):
   /proc/self/clear_refs just before the op) minus RSS before it. `ours_select` computes the
   exact masks (`pruners.global_magnitude`); `ours_prune` is the full `pruners.prune` call that
   also installs them in torch's `weight_orig`/`weight_mask` form (which itself costs one masked
-  weight copy plus a float mask, as torch's form does). The peer on the 335M case needs ~18 GiB;
-  it runs only when that much memory is available (or `--set peer_large=1`).
+  weight copy: torch's hook keeps `weight = weight_orig * weight_mask`); `ours_permanent` is
+  `pruners.prune_permanent`, which zeroes weights in place one layer at a time and keeps no
+  mask. The peer on the 335M case needs ~18 GiB; it runs only when that much memory is
+  available (or `--set peer_large=1`).
 - `dp`: the layer-DP solve for resnet50's 54 layers with K=101 amounts at several budget
   resolutions B (curves synthetic: the solve time does not depend on their values).
 - `quality`: mnist5k accuracy/distortion table (see `nasbench/bench/_pruning_quality.py`);
@@ -57,7 +59,8 @@ def _speed(opts: BenchOptions) -> dict[str, Any]:
     out: dict[str, Any] = {"sparsity": sparsity}
     for case in cases:
         spec = {"job": "speed", "case": case, "sparsity": sparsity, "seed": opts.seed}
-        rows = {m: _in_subprocess({**spec, "method": m}) for m in ("ours_select", "ours_prune")}
+        rows = {m: _in_subprocess({**spec, "method": m})
+                for m in ("ours_select", "ours_prune", "ours_permanent")}
         big = case == "linear335m"
         if not big or _mem_available() > 20 * GiB or str(opts.params.get("peer_large")) == "1":
             rows["global_unstructured"] = _in_subprocess({**spec, "method": "global_unstructured"})
@@ -71,18 +74,21 @@ def _speed(opts: BenchOptions) -> dict[str, Any]:
 
 def _ratios(rows: dict[str, dict]) -> dict[str, Any]:
     sel, full, peer = rows["ours_select"], rows["ours_prune"], rows["global_unstructured"]
+    perm = rows["ours_permanent"]
     w = sel["weight_bytes"]
     out = {
         "select_extra_peak_pct_of_weights": round(100 * sel["extra_peak_bytes"] / w, 2),
         "prune_extra_peak_pct_of_weights": round(100 * full["extra_peak_bytes"] / w, 2),
+        "permanent_extra_peak_pct_of_weights": round(100 * perm["extra_peak_bytes"] / w, 2),
     }
     if "seconds" in peer:
         out.update({
             "speedup_select": round(peer["seconds"] / sel["seconds"], 1),
             "speedup_prune": round(peer["seconds"] / full["seconds"], 1),
+            "speedup_permanent": round(peer["seconds"] / perm["seconds"], 1),
             "peer_extra_peak_pct_of_weights": round(100 * peer["extra_peak_bytes"] / w, 2),
             "same_pruned_per_layer": sel["pruned_per_layer"] == peer["pruned_per_layer"]
-            == full["pruned_per_layer"],
+            == full["pruned_per_layer"] == perm["pruned_per_layer"],
         })
     return out
 
@@ -156,12 +162,16 @@ def _speed_child(spec: dict) -> dict[str, Any]:
             masks = pruners.global_magnitude([w.detach() for w in weights], round(s * n))
         elif spec["method"] == "ours_prune":
             masks = list(pruners.prune(model, "global_magnitude", s).values())
+        elif spec["method"] == "ours_permanent":
+            pruners.prune_permanent(model, "global_magnitude", s)
         else:
             torch_prune.global_unstructured(pairs, pruning_method=torch_prune.L1Unstructured,
                                             amount=s)
             masks = [m.weight_mask for m, _ in pairs]
     seconds = time.perf_counter() - t0
     peak = _status("VmHWM")
+    if spec["method"] == "ours_permanent":
+        masks = [w != 0 for w in weights]  # randn weights: no zero before pruning
     return {
         "weights": n, "weight_bytes": 4 * n, "seconds": round(seconds, 3),
         "extra_peak_bytes": max(0, peak - before),

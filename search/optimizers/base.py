@@ -14,13 +14,17 @@ from search.problem import SearchProblem
 _REGISTRY: dict[str, type[Optimizer]] = {}
 
 
+@dataclasses.dataclass
 class Optimizer(ABC):
-    """A search strategy. Subclasses are dataclasses whose fields are their settings."""
+    """A search strategy. Subclasses are dataclasses whose fields are their settings.
+
+    `max_stall`: consecutive steps that found no new arch before the run ends early, so a
+    tiny or exhausted space cannot spin forever; a setting like any other.
+    """
 
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
-    # Consecutive steps that found nothing new before giving up (tiny or exhausted spaces).
-    max_stall: ClassVar[int] = 50
+    max_stall: int = 50
 
     @abstractmethod
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:

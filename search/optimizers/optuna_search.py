@@ -50,8 +50,7 @@ class OptunaSearch(Optimizer):
     population_size: int = 20
     study_name: str = "nasbench-search"
     storage: str = "journal"
-
-    max_stall = 200  # TPE repeats itself more than a GA on small spaces
+    max_stall: int = 200  # TPE re-proposes known archs more often than a GA does
 
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
         import optuna
@@ -80,7 +79,7 @@ class OptunaSearch(Optimizer):
             stall = stall + 1 if ev.n_new == before else 0
 
 
-@register_optimizer("optuna", help="optuna's default multi-objective sampler (TPE since optuna 4)")
+@register_optimizer("optuna", help="optuna's default sampler, TPESampler (file storage for resume)")
 @dataclass
 class OptunaDefault(OptunaSearch):
     sampler: str = "tpe"
@@ -90,9 +89,3 @@ class OptunaDefault(OptunaSearch):
 @dataclass
 class OptunaNSGA2(OptunaSearch):
     sampler: str = "nsga2"
-
-
-@register_optimizer("optuna_tpe", help="optuna TPESampler (file storage for resume)")
-@dataclass
-class OptunaTPE(OptunaSearch):
-    sampler: str = "tpe"

@@ -85,6 +85,8 @@ def run_ask_tell(algorithm, problem: SearchProblem, seed: int, max_stall: int) -
     ev, stall = problem.evaluator, 0
     while ev.remaining > 0 and stall < max_stall:
         pop = algorithm.ask()
+        if pop is None:  # pymoo has terminated: no unseen offspring left (exhausted space)
+            break
         before = ev.n_new
         if len(pop):
             try:
