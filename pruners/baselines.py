@@ -20,7 +20,7 @@ from pruners.selection import Target
 
 def pruned_counts(targets: Sequence[Target]) -> list[int]:
     """Weights already pruned in each layer (masks only grow)."""
-    return [0 if (m := t.mask) is None else int((~m).sum()) for t in targets]
+    return [0 if (m := t.mask) is None else m.numel() - int(m.count_nonzero()) for t in targets]
 
 
 def layerwise_masks(

@@ -31,7 +31,7 @@ from pruners.allocation import largest_remainder
 from pruners.baselines import layerwise_masks, pruned_counts
 from pruners.errors import PruneError
 from pruners.magnitude import global_magnitude
-from pruners.masks import Masks, apply_masks, get_masks, save_masks
+from pruners.masks import Masks, apply_masks, get_masks, masked_weight, save_masks
 from pruners.selection import Target, select_targets
 
 _SPAN = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
@@ -102,7 +102,7 @@ def _refresh(model: nn.Module) -> None:
     for name in get_masks(model):
         module = model.get_submodule(name.rpartition(".")[0])
         attr = name.rpartition(".")[2]
-        setattr(module, attr, getattr(module, attr + "_orig") * getattr(module, attr + "_mask"))
+        setattr(module, attr, masked_weight(module, attr))
 
 
 def _keep_masks(model: nn.Module) -> Callable[[], None]:

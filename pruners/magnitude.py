@@ -54,7 +54,7 @@ def global_magnitude(
             cuda_ext.global_magnitude_masks([tensors[i] for i in free], k_free) if free else []
         )
         low = [
-            i for i, m in zip(free, masks_free, strict=True) if int(m.sum()) < floors[i]
+            i for i, m in zip(free, masks_free, strict=True) if floors[i] and int(m.count_nonzero()) < floors[i]
         ]
         if not low:
             break

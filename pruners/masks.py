@@ -65,6 +65,17 @@ def validate_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             )
 
 
+def masked_weight(module: nn.Module, attr: str) -> torch.Tensor:
+    """`weight_orig * weight_mask` as torch's hook computes it, without a float copy of the mask.
+
+    Multiplying by a bool tensor first casts it to the weight's dtype, a transient
+    weight-sized tensor per layer; the fused op multiplies in place on a copy of the weight.
+    """
+    out = getattr(module, attr + "_orig").detach().clone()
+    cuda_ext.apply_masks_([out], [getattr(module, attr + "_mask").bool()])
+    return out
+
+
 def _install(module: nn.Module, attr: str, mask: torch.Tensor) -> None:
     """`prune.custom_from_mask`'s reparametrisation, keeping the bool mask as the buffer.
 
@@ -78,7 +89,7 @@ def _install(module: nn.Module, attr: str, mask: torch.Tensor) -> None:
     module.register_parameter(attr + "_orig", orig)
     del module._parameters[attr]
     module.register_buffer(attr + "_mask", mask)
-    setattr(module, attr, method.apply_mask(module))
+    setattr(module, attr, masked_weight(module, attr))
     module.register_forward_pre_hook(method)
 
 
@@ -93,7 +104,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Masks:
         mask = mask.to(device=storage.device, dtype=torch.bool)
         if is_pruned(module, attr):
             getattr(module, attr + "_mask").copy_(mask)
-            setattr(module, attr, storage * getattr(module, attr + "_mask"))
+            setattr(module, attr, masked_weight(module, attr))
         else:
             _install(module, attr, mask)
         out[name] = mask
@@ -157,7 +168,7 @@ class MaskKeeper:
         storages = [_storage(m, a) for m, a, _ in self._entries]
         cuda_ext.apply_masks_(storages, [mask for _, _, mask in self._entries])
         for module, attr, _ in self._entries:
-            setattr(module, attr, _storage(module, attr) * getattr(module, attr + "_mask"))
+            setattr(module, attr, masked_weight(module, attr))
 
     def attach(self, optimizer: torch.optim.Optimizer):
         """Re-apply after every `optimizer.step()`; returns the removable hook handle."""

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import cuda_ext
 from pruners.errors import PruneError
 from pruners.masks import Masks, apply_masks, make_permanent
 from pruners.selection import Target, select_targets
@@ -71,7 +72,7 @@ def _plan(model: nn.Module, method: str, sparsity: float,
     targets: list[Target] = select_targets(model, **selection)
     n = sum(t.numel for t in targets)
     k = round(s * n)
-    already = sum(int((~m).sum()) for t in targets if (m := t.mask) is not None)
+    already = sum(m.numel() - int(m.count_nonzero()) for t in targets if (m := t.mask) is not None)
     if already > k:
         raise PruneError(
             f"model already has {already} of {n} selected weights pruned ({already / n:.1%}), "
@@ -108,9 +109,8 @@ def prune_permanent(model: nn.Module, method: str, sparsity: float, **kwargs: An
     for t, mask in zip(targets, fn(model, targets, k, **kwargs), strict=True):
         if (old := t.mask) is not None:
             mask = mask & old
-        with torch.no_grad():
-            t.param.mul_(mask)
-        out[t.name] = int(mask.numel() - mask.sum())
+        cuda_ext.apply_masks_([t.param.detach()], [mask])  # fused: no float copy of the mask
+        out[t.name] = mask.numel() - int(mask.count_nonzero())
     if any(t.mask is not None for t in targets):
         make_permanent(model)  # earlier masks, and those of pruners that train (gradual, lottery)
     return out

@@ -61,7 +61,7 @@ def sparsity_report(model: nn.Module, example_input=None) -> pd.DataFrame:
         if weight is None:
             continue
         n = weight.numel()
-        kept = int(masks[key].sum()) if key in masks else int(torch.count_nonzero(weight))
+        kept = int(masks[key].count_nonzero()) if key in masks else int(torch.count_nonzero(weight))
         f = flops.get(name, math.nan) if example_input is not None else math.nan
         rows.append({
             "layer": key, "type": type(module).__name__, "shape": tuple(weight.shape),

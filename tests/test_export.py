@@ -107,3 +107,35 @@ def test_search_then_export_roundtrip(cli, tmp_path):
     manifest = load_run(run.path).manifest
     assert manifest["exports"][aid]["onnx"] == f"subnets/{aid}.onnx"
     assert manifest["exports"][aid]["max_abs_diff"] <= 1e-4
+
+    # The exported subnet is a model `nasbench prune` takes as it is.
+    from nasbench.commands.export import load_exported_subnet
+
+    subnet = load_exported_subnet(run.path, aid)
+    session = ort.InferenceSession(str(run.path / "subnets" / f"{aid}.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    x = torch.randn(2, *picked["input_shape"][1:])
+    np.testing.assert_allclose(session.run(None, {"input": x.numpy()})[0],
+                               subnet(x).detach().numpy(), atol=1e-4)
+    prune_cfg = tmp_path / "prune.yaml"
+    prune_cfg.write_text(json.dumps({
+        "run": {"name": "p", "root": str(tmp_path / "results")},
+        "data": {"name": "digits", "batch_size": 16, "limit": 96},
+        "model": {"source": "export", "run": str(run.path), "arch_id": aid},
+        "prune": {"method": "global_magnitude", "sparsity": 0.5}, "finetune": {"epochs": 1},
+    }))
+    result = cli("prune", str(prune_cfg), "--quiet")
+    assert result.code == 0, result.err
+    summary = json.loads((tmp_path / "results" / "p" / "summary.json").read_text())
+    assert summary["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert summary["onnx_max_abs_diff"] <= 1e-4
+
+
+def test_prune_of_an_unexported_arch_is_a_one_line_error(cli, fake_search_run, tmp_path):
+    path, df = fake_search_run
+    cfg = tmp_path / "prune.yaml"
+    cfg.write_text(json.dumps({"model": {"source": "export", "run": str(path),
+                                         "arch_id": df["arch_id"][0]}}))
+    assert_one_line_error(cli("prune", str(cfg)), "has no export of arch", "nasbench export")
+    cfg.write_text(json.dumps({"model": {"source": "export"}}))
+    assert_one_line_error(cli("prune", str(cfg)), "needs model.run and model.arch_id")

@@ -176,8 +176,8 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     dirs = {"top1": "max", "macs": "min"}
     ref = {"top1": 0.0, "macs": max_macs}
     raw: dict[str, dict[str, list[float]]] = {
-        n: {**{f"hv@{b}": [] for b in budgets}, "best_top1": [], "wall_s": [],
-            "overhead_ms_per_eval": []} for n in names}
+        n: {**{f"hv@{b}": [] for b in budgets}, "best_top1": [], "evaluations": [],
+            "wall_s": [], "overhead_ms_per_eval": []} for n in names}
     for seed in seeds:  # seed-major: an interrupted run still compares every optimizer
         for name in names:
             df, wall, objective_s = _search(name, space, objectives, max(budgets), seed,
@@ -185,6 +185,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
             for b in budgets:
                 raw[name][f"hv@{b}"].append(search.hypervolume(df.head(b), ref, dirs) / max_macs)
             raw[name]["best_top1"].append(float(df["top1"].max()))
+            raw[name]["evaluations"].append(len(df))  # < budget: stalled on known archs
             raw[name]["wall_s"].append(wall)
             raw[name]["overhead_ms_per_eval"].append((wall - objective_s) / len(df) * 1e3)
             cache.save()

@@ -113,3 +113,36 @@ def export_subnet(run_path: Path, *, arch_id: str | None = None, pick: list[str]
     run.update_manifest(exports={**run.manifest.get("exports", {}), aid: record})
     echo(f"exported {aid} -> {run.path / record['onnx']}")
     return record
+
+
+def export_record(run_path: Path, arch_id: str) -> dict:
+    """The manifest record of an earlier `nasbench export` of `arch_id` from a search run."""
+    from nasbench.runs import load_run
+
+    run = load_run(run_path)
+    if run.manifest.get("command") != "search":
+        raise UserError(f"{run.path} is a `{run.manifest.get('command')}` run, not a search run")
+    exports = run.manifest.get("exports", {})
+    if arch_id not in exports:
+        raise UserError(f"{run.path} has no export of arch {arch_id!r} (exported: "
+                        f"{', '.join(exports) or 'none'}); run `nasbench export {run.path} "
+                        f"--arch-id {arch_id}` first")
+    return exports[arch_id]
+
+
+def load_exported_subnet(run_path: Path, arch_id: str):
+    """The module `nasbench export` wrote: the search run's supernet extracted at the arch,
+    then loaded with the exported (BN-recalibrated) weights, so pruning starts from exactly
+    the subnet that was verified against onnxruntime."""
+    from safetensors.torch import load_model
+
+    from nasbench.commands.search import SearchConfig, load_search_supernet
+    from nasbench.runs import load_run
+
+    record = export_record(run_path, arch_id)
+    run = load_run(run_path)
+    net, _, _ = load_search_supernet(SearchConfig.model_validate(run.config), "cpu")
+    subnet = net.extract(net.space.validate(record["arch"])).eval()
+    load_model(subnet, str(run.path / record["safetensors"]))
+    return subnet
+

@@ -1,4 +1,5 @@
-"""`nasbench prune CONFIG`: prune a torchvision/timm model (optionally from a weights file).
+"""`nasbench prune CONFIG`: prune a torchvision/timm model (optionally from a weights file) or a
+subnet exported from a search run (`model: {source: export, run: RUN, arch_id: ID}`).
 
 The run gets `masks.safetensors`, `sparsity.parquet` (per layer + global, by params and
 FLOPs), `metrics.csv` (accuracy before pruning, after, and after fine-tuning),
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from nasbench.commands.common import CONFIG_ARGUMENT, QUIET_OPTION, SET_OPTION
 from nasbench.config import DataConfig, RunConfig, StrictModel, load_config
@@ -18,13 +19,22 @@ from nasbench.errors import CheckpointError, ConfigError
 
 
 class ModelSection(StrictModel):
-    """A model by torchvision or timm name; `weights` loads a state dict (.safetensors/.pt)."""
+    """A model by torchvision or timm name (`weights` loads a .safetensors/.pt state dict), or
+    `source: export`: a subnet `nasbench export` wrote from search run `run` for `arch_id`."""
 
-    source: Literal["torchvision", "timm"] = "torchvision"
+    source: Literal["torchvision", "timm", "export"] = "torchvision"
     name: str = "resnet18"
     weights: Path | None = None
+    run: Path | None = None
+    arch_id: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
     train_epochs: int = Field(default=0, ge=0)  # train before pruning (e.g. from scratch)
+
+    @model_validator(mode="after")
+    def _export_needs_run_and_arch(self) -> ModelSection:
+        if self.source == "export" and (self.run is None or not self.arch_id):
+            raise ValueError("model.source=export needs model.run and model.arch_id")
+        return self
 
 
 class PruneSection(StrictModel):
@@ -62,6 +72,8 @@ def command(
 
 def build_model(section: ModelSection, num_classes: int, in_chans: int):
     """A model by name with the dataset's classes (and channels, for timm)."""
+    if section.source == "export":
+        return _exported_subnet(section, num_classes)
     kwargs = {"num_classes": num_classes, **section.kwargs}
     try:
         if section.source == "timm":
@@ -77,6 +89,30 @@ def build_model(section: ModelSection, num_classes: int, in_chans: int):
     if section.weights is not None:
         model.load_state_dict(_read_weights(section.weights))
     return model
+
+
+def _exported_subnet(section: ModelSection, num_classes: int):
+    from torch import nn
+
+    from nasbench.commands.export import load_exported_subnet
+
+    model = load_exported_subnet(section.run, section.arch_id)
+    classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+    if classes != num_classes:
+        raise ConfigError(f"exported subnet {section.arch_id} predicts {classes} classes, the "
+                          f"data has {num_classes}; use the search run's dataset")
+    return model
+
+
+def data_for(cfg: PruneConfig) -> DataConfig:
+    """The data section, at an exported subnet's input resolution and channels unless set."""
+    if cfg.model.source != "export":
+        return cfg.data
+    from nasbench.commands.export import export_record
+
+    _, chans, res, _ = export_record(cfg.model.run, cfg.model.arch_id)["input_shape"]
+    return cfg.data.model_copy(update={"resolution": cfg.data.resolution or res,
+                                       "channels": cfg.data.channels or chans})
 
 
 def _read_weights(path: Path) -> dict:
@@ -131,7 +167,7 @@ def run_prune(cfg: PruneConfig) -> Path:
     from nasbench_core.seeding import seed_everything
 
     seed_everything(cfg.run.seed)
-    bundle = load_dataset(cfg.data, seed=cfg.run.seed)
+    bundle = load_dataset(data_for(cfg), seed=cfg.run.seed)
     model = build_model(cfg.model, bundle.num_classes, bundle.in_chans)
     train_fn = make_train_fn(bundle.train_loader, cfg.finetune.lr)
     example = next(iter(bundle.val_loader))[0][:1]

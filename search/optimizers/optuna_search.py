@@ -50,7 +50,6 @@ class OptunaSearch(Optimizer):
     population_size: int = 20
     study_name: str = "nasbench-search"
     storage: str = "journal"
-    max_stall: int = 200  # TPE re-proposes known archs more often than a GA does
 
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
         import optuna
