@@ -11,8 +11,8 @@ Experts are stored in the layer's own `weight`/`bias` with the expert axis last
 (`(out, in, [1, 1,] m)`, `(out, m)`). The elastic op's slicing and `to_stock()` then work
 unchanged, and only `active_weight()`/`active_bias()` are overridden: forward and extraction
 both fold the mixture, so an extracted subnet is one plain `nn.Linear`/`nn.Conv2d` per layer.
-Channel re-ordering (`permute_`) moves all experts together; it does not re-order the rows of
-a neuron router, so re-order before training a neuron-routed supernet, not after.
+Channel re-ordering (`permute_`) moves all experts together, and a neuron router's logit rows
+with their output channel, so re-ordering keeps every arch's function.
 
 Initialisation: every expert is the dense layer's weight plus noise that sums to zero over the
 experts, and the router's last layer starts at zero, so α starts uniform and the mixed weight
@@ -146,6 +146,17 @@ class _Mixture:
             )
         self._features = features.detach().to(self.weight.device, self.weight.dtype)
         self._stamp += 1
+
+    def on_permute_outputs(self, order: torch.Tensor) -> None:
+        """Neuron routing: output r's m logits (rows r·m .. r·m+m-1) follow channel r."""
+        if self.routing != "neuron":
+            return
+        m = self.num_experts
+        rows = (order.view(-1, 1) * m + torch.arange(m, device=order.device)).reshape(-1)
+        with torch.no_grad():
+            for t in (self.router.logits.weight, self.router.logits.bias):
+                t.copy_(t.index_select(0, rows.to(t.device)))
+        self._alpha_cache = None
 
     def mixing_coefficients(self) -> torch.Tensor:
         """α of the active arch: (m,) for layer routing, (out_active, m) for neuron routing.

@@ -177,8 +177,11 @@ def test_default_layers_per_family():
     assert names and all(n.rsplit(".", 1)[1] in ("expand", "project") for n in names)
 
 
-def test_layer_routing_survives_channel_reordering():
-    net = make("vit", {"type": "layer", "experts": 2}, seed=1).eval()
+@pytest.mark.parametrize("family", ["vit", "mbv3"])
+@pytest.mark.parametrize("routing", ["layer", "neuron"])
+def test_routing_survives_channel_reordering(family, routing):
+    """Reordering keeps the largest arch's function: neuron-router rows move with their channel."""
+    net = make(family, {"type": routing, "experts": 2}, seed=1).eval()
     randomise_routers(net)
     arch = net.space.largest()
     net.set_active(arch)

@@ -26,6 +26,8 @@ def permute_(module: nn.Module, order: torch.Tensor, dim: int) -> None:
     """Re-order a layer's output (dim 0) or input (dim 1) channels in place.
 
     Norm layers only have output channels: their affine parameters and running stats move.
+    A module with per-output-channel state of its own (a neuron-routed MoS layer's router)
+    moves it in `on_permute_outputs(order)`.
     """
     with torch.no_grad():
         if dim == 0:
@@ -33,6 +35,9 @@ def permute_(module: nn.Module, order: torch.Tensor, dim: int) -> None:
                 t = getattr(module, name, None)
                 if t is not None:
                     t.copy_(t.index_select(0, order))
+            hook = getattr(module, "on_permute_outputs", None)
+            if hook is not None:
+                hook(order)
         else:
             w = module.weight
             if w.shape[1] > 1:  # depthwise convs have no input channels to move
