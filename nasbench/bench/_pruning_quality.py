@@ -145,7 +145,7 @@ def _prune(model, method, sp, curves, amounts) -> None:
         masks = layerwise_masks(targets, sol.counts)
         pruners.apply_masks(model, {t.name: m for t, m in zip(targets, masks, strict=True)})
     elif method == "global_magnitude_mt":
-        pruners.prune(model, "global_magnitude", sp, min_keep=0.02)
+        pruners.prune(model, "global_magnitude", sp, min_keep=0.01)  # feasible up to 99%
     else:
         pruners.prune(model, method, sp)
 
