@@ -194,8 +194,11 @@ def lottery_ticket(
     state_file = out / "state.json" if out else None
     done: list[dict[str, Any]] = []
     rewind_state: dict[str, torch.Tensor] | None = None
+    retrain = span  # after level 0: from the rewind point to the end (see `_retrain_span`)
     if state_file is not None and state_file.exists():
-        done = json.loads(state_file.read_text())["levels"]
+        saved = json.loads(state_file.read_text())
+        done = saved["levels"]
+        retrain = parse_span(saved.get("retrain", str(span)), "training length")
         rewind_state = safetensors.torch.load_file(str(out / "rewind.safetensors"))
         last = done[-1]["level"]
         if last > 0:
@@ -209,25 +212,30 @@ def lottery_ticket(
         done.append({"level": level, "pruned": pruned, "sparsity": pruned / n})
         if out is not None:
             _save_state(out / f"level_{level}" / "weights.safetensors", model_state(model))
-            atomic_write_text(state_file, json.dumps({"levels": done}, indent=1))
+            atomic_write_text(state_file, json.dumps({"levels": done, "retrain": str(retrain)},
+                                                     indent=1))
         if on_level is not None:
             on_level(level, model)
 
     if not done:  # level 0: dense training, snapshot at the rewind point
         snap: dict[str, dict[str, torch.Tensor]] = {}
+        steps = {"last": 0, "rewind": 0}
         if rewind_at.value == 0:
             snap["w"] = model_state(model)
         keep = _keep_masks(model)
 
         def on_step(iteration: int, epoch: float) -> None:
             keep()
+            steps["last"] = iteration
             if "w" not in snap and rewind_at.reached(iteration, epoch):
                 snap["w"] = model_state(model)
+                steps["rewind"] = iteration
 
         train_fn(model, span, on_step)
         if "w" not in snap:
             raise ConfigError(f"training ({span}) ended before the rewind point {rewind_at}")
         rewind_state = snap["w"]
+        retrain = _retrain_span(span, steps["last"], steps["rewind"])
         if out is not None:
             _save_state(out / "rewind.safetensors", rewind_state)
         record(0)
@@ -239,10 +247,19 @@ def lottery_ticket(
             save_masks(out / f"level_{level}" / "masks.safetensors", named)
         load_model_state(model, rewind_state)  # type: ignore[arg-type]
         keep = _keep_masks(model)
-        train_fn(model, span, lambda it, ep, keep=keep: keep())
+        train_fn(model, retrain, lambda it, ep, keep=keep: keep())
         _refresh(model)
         record(level)
     return done
+
+
+def _retrain_span(span: Span, last_iteration: int, rewind_iteration: int) -> Span:
+    """What each level trains after rewinding to iteration k: the T - k iterations left
+    (Frankle et al. 2020), so every ticket sees the same total schedule as the dense run.
+    A `train_fn` that never reported its iterations keeps the full span."""
+    if last_iteration <= 0:
+        return span
+    return Span(last_iteration - rewind_iteration, "it")
 
 
 @torch.no_grad()

@@ -23,6 +23,24 @@ def test_parse_span():
             pruners.parse_span(bad)
 
 
+@pytest.mark.parametrize(("rewind", "train", "expected"), [
+    ("0it", "6it", [6, 6, 6]), ("2it", "6it", [6, 4, 4]), ("1ep", "2ep", [6, 3, 3]),
+])
+def test_levels_after_rewinding_train_the_rest_of_the_schedule(tmp_path, rewind, train, expected):
+    """Rewound to iteration k of T, each level trains T - k iterations (Frankle et al. 2020)."""
+    base = sgd_train_fn(steps_per_epoch=3)
+    lengths = []
+
+    def train_fn(model, span, on_step):
+        lengths.append(span.value * (3 if span.unit == "ep" else 1))
+        base(model, span, on_step)
+
+    pruners.lottery_ticket(small_cnn(), train_fn, levels=2, rewind=rewind, train=train,
+                           out_dir=tmp_path)
+    assert lengths == expected
+    assert json.loads((tmp_path / "state.json").read_text())["retrain"] == f"{expected[1]}it"
+
+
 def test_levels_prune_fraction_of_remaining_and_rewind(tmp_path):
     model = small_cnn()
     init = model_state(model)
