@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -69,3 +70,31 @@ def small_cnn(in_chans: int, num_classes: int, width: int = 16) -> nn.Module:
         nn.ReLU(inplace=True),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
     )
+
+
+def adam_train_fn(epoch_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                  per_epoch: int, lr: float = 1e-3) -> Callable[[nn.Module, Any, Callable], None]:
+    """A pruners `train_fn(model, span, on_step)`: Adam on cross-entropy for `span`.
+
+    `epoch_batches()` is iterated again until the span is done: a DataLoader (one epoch per
+    pass) or a generator that never ends (seeded shuffling of in-memory tensors).
+    """
+
+    def train(model: nn.Module, span: Any, on_step: Callable[[int, float], None]) -> None:
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        total = span.value if span.unit == "it" else span.value * per_epoch
+        it = 0
+        model.train()
+        while it < total:
+            for x, y in epoch_batches():
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                it += 1
+                on_step(it, it / per_epoch)
+                if it >= total:
+                    break
+        model.eval()
+
+    return train
+

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import pruners
+from nasbench.classify import adam_train_fn
 from nasbench.data import load_dataset
 from pruners.baselines import layerwise_masks
 from pruners.layer_dp import distortion_curves, solve_dp
@@ -43,7 +44,6 @@ def cnn() -> nn.Module:
 def make_train_fn(x: torch.Tensor, y: torch.Tensor, seed: int, batch_size: int = 128,
                   lr: float = 1e-3):
     """`train_fn(model, span, on_step)` with Adam on in-memory tensors (seeded shuffling)."""
-    per_epoch = math.ceil(len(x) / batch_size)
 
     def batches():
         gen = torch.Generator().manual_seed(seed)
@@ -52,23 +52,7 @@ def make_train_fn(x: torch.Tensor, y: torch.Tensor, seed: int, batch_size: int =
             for i in range(0, len(x), batch_size):
                 yield x[order[i : i + batch_size]], y[order[i : i + batch_size]]
 
-    def train(model: nn.Module, span, on_step) -> None:
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        total = span.value if span.unit == "it" else span.value * per_epoch
-        it = 0
-        model.train()
-        while it < total:
-            for xb, yb in batches():
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(xb), yb).backward()
-                opt.step()
-                it += 1
-                on_step(it, it / per_epoch)
-                if it >= total:
-                    break
-        model.eval()
-
-    return train
+    return adam_train_fn(batches, math.ceil(len(x) / batch_size), lr)
 
 
 @torch.no_grad()

@@ -129,36 +129,11 @@ def _read_weights(path: Path) -> dict:
         raise CheckpointError(f"model.weights={str(path)!r} is not a weights file: {exc}") from None
 
 
-def make_train_fn(loader, lr: float):
-    """A `train_fn(model, span, on_step)` (Adam, cross-entropy) over a DataLoader."""
-    import torch
-    from torch import nn
-
-    def train(model, span, on_step) -> None:
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        per_epoch = len(loader)
-        total = span.value if span.unit == "it" else span.value * per_epoch
-        it = 0
-        model.train()
-        while it < total:
-            for x, y in loader:
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x), y).backward()
-                opt.step()
-                it += 1
-                on_step(it, it / per_epoch)
-                if it >= total:
-                    break
-        model.eval()
-
-    return train
-
-
 def run_prune(cfg: PruneConfig) -> Path:
     import safetensors.torch
 
     import pruners
-    from nasbench.classify import evaluate
+    from nasbench.classify import adam_train_fn, evaluate
     from nasbench.data import load_dataset
     from nasbench.export import export_onnx
     from nasbench.progress import echo
@@ -169,7 +144,8 @@ def run_prune(cfg: PruneConfig) -> Path:
     seed_everything(cfg.run.seed)
     bundle = load_dataset(data_for(cfg), seed=cfg.run.seed)
     model = build_model(cfg.model, bundle.num_classes, bundle.in_chans)
-    train_fn = make_train_fn(bundle.train_loader, cfg.finetune.lr)
+    loader = bundle.train_loader
+    train_fn = adam_train_fn(lambda: loader, len(loader), cfg.finetune.lr)
     example = next(iter(bundle.val_loader))[0][:1]
     kwargs = dict(cfg.prune.kwargs)
     if cfg.prune.method == "layer_dp" and "data" not in kwargs:
