@@ -285,6 +285,40 @@ int64_t kth_key(const std::vector<at::Tensor>& tensors, int64_t k, int64_t guess
   }
 }
 
+// Keys below `tk`, keys equal to it and the largest key of one contiguous range; counted in
+// uint32 per block of kLongBlock keys so the loop vectorises.
+struct TieCount {
+  int64_t below = 0;
+  int64_t ties = 0;
+  uint32_t worst = 0;
+};
+
+template <typename scalar_t>
+inline TieCount count_range(const scalar_t* p, int64_t n, uint32_t tk) {
+  TieCount r;
+  for (int64_t b0 = 0; b0 < n; b0 += kLongBlock) {
+    const int64_t b1 = std::min(n, b0 + kLongBlock);
+    uint32_t below = 0, ties = 0, worst = r.worst;
+    for (int64_t j = b0; j < b1; ++j) {
+      const uint32_t key = abs_key(p[j]);
+      worst = std::max(worst, key);
+      below += key < tk;
+      ties += key == tk;
+    }
+    r.below += below;
+    r.ties += ties;
+    r.worst = worst;
+  }
+  return r;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+TieCount count_range_f32(const float* p, int64_t n, uint32_t tk) {
+  return count_range<float>(p, n, tk);
+}
+
 // [below, nan tensor index or -1, ties of tensor 0, ties of tensor 1, ...]
 at::Tensor count_below_and_ties(const std::vector<at::Tensor>& tensors, int64_t tkey) {
   check_all(tensors);
@@ -293,21 +327,18 @@ at::Tensor count_below_and_ties(const std::vector<at::Tensor>& tensors, int64_t 
   ThreadCounts counts(n + 1);  // [ties per tensor..., below]
   FirstNaN nan;
   parallel_over(tensors, [&](size_t i, int64_t begin, int64_t end) {
-    NB_DISPATCH(tensors[i].scalar_type(), "count_below_and_ties", [&] {
-      const scalar_t* p = tensors[i].data_ptr<scalar_t>();
-      int64_t b = 0, e = 0;
-      uint32_t worst = 0;
-      for (int64_t j = begin; j < end; ++j) {
-        const uint32_t key = abs_key(p[j]);
-        worst = std::max(worst, key);
-        b += key < tk;
-        e += key == tk;
-      }
-      int64_t* c = counts.mine();
-      c[i] += e;
-      c[n] += b;
-      if (worst > kInfKey) nan.report(static_cast<int64_t>(i));
-    });
+    TieCount r;
+    if (tensors[i].scalar_type() == at::kFloat) {
+      r = count_range_f32(tensors[i].data_ptr<float>() + begin, end - begin, tk);
+    } else {
+      NB_DISPATCH(tensors[i].scalar_type(), "count_below_and_ties", [&] {
+        r = count_range(tensors[i].data_ptr<scalar_t>() + begin, end - begin, tk);
+      });
+    }
+    int64_t* c = counts.mine();
+    c[i] += r.ties;
+    c[n] += r.below;
+    if (r.worst > kInfKey) nan.report(static_cast<int64_t>(i));
   });
   const auto total = counts.total();
   auto out = at::empty({n + 2}, at::kLong);
@@ -326,6 +357,18 @@ int64_t nth_tie(const at::Tensor& t, uint32_t tk, int64_t r) {
     if (abs_key(p[j]) == tk && --r == 0) return j;
   }
   TORCH_CHECK(false, "fewer ties than requested");
+}
+
+// m = |w| > threshold (ties pruned) or |w| >= threshold (ties kept) over one fp32 range.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void mask_range_f32(const float* p, int64_t n, uint32_t tk, bool ties_pruned, bool* m) {
+  if (ties_pruned) {
+    for (int64_t j = 0; j < n; ++j) m[j] = abs_key(p[j]) > tk;
+  } else {
+    for (int64_t j = 0; j < n; ++j) m[j] = abs_key(p[j]) >= tk;
+  }
 }
 
 // Keep-masks pruning |w| < threshold plus the first `ties_to_prune` ties in list/flat order.
@@ -350,11 +393,17 @@ std::vector<at::Tensor> masks_from_threshold(const std::vector<at::Tensor>& tens
     cuts.push_back(cut);
   }
   parallel_over(tensors, [&](size_t i, int64_t begin, int64_t end) {
+    bool* m = masks[i].data_ptr<bool>() + begin;
+    // Ranges wholly before or after the tie cut keep by one comparison (vectorised for fp32).
+    const int64_t cut = cuts[i];
+    const int mode = cut >= end - 1 ? 1 : (cut < begin ? 0 : 2);  // 1: ties pruned, 0: kept
+    if (mode < 2 && tensors[i].scalar_type() == at::kFloat) {
+      mask_range_f32(tensors[i].data_ptr<float>() + begin, end - begin, tk, mode == 1, m);
+      return;
+    }
     NB_DISPATCH(tensors[i].scalar_type(), "masks_from_threshold", [&] {
       const scalar_t* p = tensors[i].data_ptr<scalar_t>();
-      bool* m = masks[i].data_ptr<bool>();
-      const int64_t cut = cuts[i];
-      for (int64_t j = begin; j < end; ++j) m[j] = keep_weight(abs_key(p[j]), tk, j, cut);
+      for (int64_t j = begin; j < end; ++j) m[j - begin] = keep_weight(abs_key(p[j]), tk, j, cut);
     });
   });
   return masks;
