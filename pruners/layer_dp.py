@@ -29,6 +29,7 @@ from torch import nn
 
 from pruners.baselines import layerwise_masks, pruned_counts
 from pruners.errors import PruneError
+from pruners.magnitude import min_keep_counts
 from pruners.masks import apply_masks
 from pruners.selection import Target
 
@@ -131,8 +132,12 @@ def solve_dp(
     *,
     budget_units: int = 4096,
     floors: Sequence[int] | None = None,
+    caps: Sequence[int] | None = None,
 ) -> DPSolution:
-    """Minimise Σ_l curves[l, a_l] s.t. kept weights <= N - k, then prune exactly k."""
+    """Minimise Σ_l curves[l, a_l] s.t. kept weights <= N - k, then prune exactly k.
+
+    `floors`/`caps`: the fewest / most weights each layer may have pruned (current masks;
+    a minimum kept per layer)."""
     L, K = curves.shape
     sizes_a = np.asarray(sizes, dtype=np.int64)
     n = int(sizes_a.sum())
@@ -142,6 +147,8 @@ def solve_dp(
     kept = sizes_a[:, None] - pruned
     cost = -(-kept // unit)  # ceil: never under-counts what a layer keeps
     feasible = pruned >= floor_a[:, None]
+    if caps is not None:
+        feasible &= pruned <= np.asarray(caps, np.int64)[:, None]
     budget = (n - k) // unit
     D = np.where(feasible, curves, np.inf)
     f = np.full(budget + 1, np.inf)
@@ -204,10 +211,15 @@ def layer_dp(
     iterative_steps: int = 1,
     batch_size: int = 256,
     seed: int = 0,
+    min_keep: int | float = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[torch.Tensor]:
     """Masks from the DP allocation; `iterative_steps > 1` re-measures curves between steps
-    on a linear sparsity schedule (each step's masks contain the previous ones)."""
+    on a linear sparsity schedule (each step's masks contain the previous ones).
+
+    `min_keep` (a count or a fraction of each layer, as for global magnitude) bars the
+    allocations that empty a layer: the additive distortion model cannot see that a fully
+    pruned layer disconnects the network, and at 98% sparsity the DP otherwise picks them."""
     if iterative_steps < 1:
         raise PruneError(f"iterative_steps={iterative_steps} must be >= 1")
     if num_amounts < 2:
@@ -215,6 +227,7 @@ def layer_dp(
     inputs = calibration_inputs(data, example_input, num_samples, seed)
     amounts = np.linspace(0.0, 1.0, num_amounts)
     sizes = [t.numel for t in targets]
+    caps = [n - keep for n, keep in zip(sizes, min_keep_counts(sizes, min_keep), strict=True)]
     start = sum(pruned_counts(targets))
     masks: list[torch.Tensor] = []
     for step in range(1, iterative_steps + 1):
@@ -222,7 +235,7 @@ def layer_dp(
         curves = distortion_curves(model, targets, inputs, amounts, worst_case=worst_case,
                                    batch_size=batch_size, progress=progress)
         sol = solve_dp(curves, sizes, amounts, k_step, budget_units=budget_units,
-                       floors=pruned_counts(targets))
+                       floors=pruned_counts(targets), caps=caps)
         masks = layerwise_masks(targets, sol.counts)
         if step < iterative_steps:
             apply_masks(model, {t.name: m for t, m in zip(targets, masks, strict=True)})

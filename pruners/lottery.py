@@ -31,7 +31,7 @@ from pruners.allocation import largest_remainder
 from pruners.baselines import layerwise_masks, pruned_counts
 from pruners.errors import PruneError
 from pruners.magnitude import global_magnitude
-from pruners.masks import Masks, apply_masks, get_masks, masked_weight, save_masks
+from pruners.masks import Masks, apply_masks, get_masks, live_masks, masked_weight, save_masks
 from pruners.selection import Target, select_targets
 
 _SPAN = re.compile(r"^\s*(\d+)\s*(it|ep)\s*$")
@@ -99,7 +99,7 @@ def load_model_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Non
 
 
 def _refresh(model: nn.Module) -> None:
-    for name in get_masks(model):
+    for name in live_masks(model):
         module = model.get_submodule(name.rpartition(".")[0])
         attr = name.rpartition(".")[2]
         setattr(module, attr, masked_weight(module, attr))
@@ -107,7 +107,7 @@ def _refresh(model: nn.Module) -> None:
 
 def _keep_masks(model: nn.Module) -> Callable[[], None]:
     entries = []
-    for name, mask in get_masks(model).items():
+    for name, mask in live_masks(model).items():
         module = model.get_submodule(name.rpartition(".")[0])
         entries.append((getattr(module, name.rpartition(".")[2] + "_orig"), mask))
 
@@ -265,7 +265,7 @@ def _retrain_span(span: Span, last_iteration: int, rewind_iteration: int) -> Spa
 @torch.no_grad()
 def reinitialize(model: nn.Module, seed: int) -> None:
     """Fresh random init (each module's `reset_parameters`) under `seed`, masks re-applied."""
-    masks = get_masks(model)
+    masks = live_masks(model)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

@@ -111,20 +111,30 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Masks:
     return out
 
 
-def get_masks(model: nn.Module) -> Masks:
-    """Bool masks of every pruned parameter, keyed by its unpruned name."""
-    out: Masks = {}
+def _mask_buffers(model: nn.Module):
+    """(unpruned parameter name, its `_mask` buffer) for every pruned parameter."""
     for module_name, module in model.named_modules():
         for buf_name, buf in module.named_buffers(recurse=False):
             if buf_name.endswith("_mask") and hasattr(module, buf_name[:-5] + "_orig"):
                 attr = buf_name[:-5]
-                out[f"{module_name}.{attr}" if module_name else attr] = buf.bool()
-    return out
+                yield (f"{module_name}.{attr}" if module_name else attr), buf
+
+
+def live_masks(model: nn.Module) -> Masks:
+    """The bool mask buffers themselves, no copy: they change when the model is pruned again."""
+    return {name: buf if buf.dtype == torch.bool else buf.bool()
+            for name, buf in _mask_buffers(model)}
+
+
+def get_masks(model: nn.Module) -> Masks:
+    """Bool masks of every pruned parameter, keyed by its unpruned name: a snapshot, which
+    later pruning (it updates the buffers in place) leaves alone."""
+    return {name: buf.to(torch.bool, copy=True) for name, buf in _mask_buffers(model)}
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
     """Bake masks into plain parameters (`prune.remove`): pruned weights become stored zeros."""
-    for name in get_masks(model):
+    for name in live_masks(model):
         module, attr = _resolve(model, name)
         prune.remove(module, attr)
     return model
@@ -158,7 +168,7 @@ class MaskKeeper:
     """
 
     def __init__(self, model: nn.Module):
-        masks = get_masks(model)
+        masks = live_masks(model)
         if not masks:
             raise PruneError("model has no pruning masks to keep")
         self._entries = [(*_resolve(model, name), mask) for name, mask in masks.items()]

@@ -83,8 +83,9 @@ def _layer_dp(model: nn.Module, targets: Sequence[Target], k: int,
               data: Any = None, example_input: torch.Tensor | None = None,
               num_samples: int = 1024, num_amounts: int = 101, budget_units: int = 4096,
               worst_case: bool = False, iterative_steps: int = 1, batch_size: int = 256,
-              seed: int = 0) -> list[torch.Tensor]:
+              seed: int = 0, min_keep: int | float = 0) -> list[torch.Tensor]:
     return layer_dp(model, targets, k, data=data, example_input=example_input,
                     num_samples=num_samples, num_amounts=num_amounts,
                     budget_units=budget_units, worst_case=worst_case,
-                    iterative_steps=iterative_steps, batch_size=batch_size, seed=seed)
+                    iterative_steps=iterative_steps, batch_size=batch_size, seed=seed,
+                    min_keep=min_keep)

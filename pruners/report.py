@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from pruners.masks import get_masks
+from pruners.masks import live_masks
 from pruners.selection import DEFAULT_TYPES
 
 GLOBAL = "__global__"
@@ -49,7 +49,7 @@ def sparsity_report(model: nn.Module, example_input=None) -> pd.DataFrame:
     model's total counted FLOPs (layers plus e.g. attention matmuls), so FLOP columns are NaN
     without `example_input`.
     """
-    masks = get_masks(model)
+    masks = live_masks(model)
     flops, total_flops = _layer_flops(model, example_input) if example_input is not None else (
         {}, math.nan)
     rows = []

@@ -45,6 +45,7 @@ class Target:
 
     @property
     def mask(self) -> torch.Tensor | None:
+        """The live bool mask (no copy); it changes when the layer is pruned again."""
         mask = getattr(self.module, self.attr + "_mask", None)
         return None if mask is None else mask.bool()
 

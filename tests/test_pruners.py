@@ -204,6 +204,15 @@ def test_bad_input_leaves_model_untouched(call, message):
     assert not torch_prune.is_pruned(model)
 
 
+def test_get_masks_is_a_snapshot_that_later_pruning_leaves_alone():
+    model = small_cnn()
+    n = sum(m.weight.numel() for m, _ in conv_linear(model))
+    first = pruners.get_masks(pruners.prune(model, "global_magnitude", 0.5) and model)
+    pruners.prune(model, "global_magnitude", 0.8)
+    assert pruned_total(first) == round(0.5 * n)
+    assert pruned_total(pruners.get_masks(model)) == round(0.8 * n)
+
+
 def test_sparsity_only_grows():
     model = small_cnn()
     pruners.prune(model, "global_magnitude", 0.5)

@@ -39,6 +39,33 @@ def test_dp_matches_brute_force_with_exact_budget(seed):
     assert coarse.objective >= sol.objective - 1e-12  # coarse units can only cost quality
 
 
+def test_caps_keep_a_minimum_per_layer_and_match_brute_force():
+    rng = np.random.default_rng(7)
+    sizes, amounts = [10, 30, 20], np.linspace(0, 1, 11)
+    curves = np.cumsum(rng.random((3, 11)), axis=1)
+    curves[:, 0] = 0
+    curves[0, -1] = 0.0  # emptying layer 0 looks free to the additive model
+    k = 40
+    free = solve_dp(curves, sizes, amounts, k, budget_units=60)
+    assert free.counts[0] == 10
+    caps = [9, 29, 19]  # keep >= 1 weight per layer
+    sol = solve_dp(curves, sizes, amounts, k, budget_units=60, caps=caps)
+    assert sum(sol.counts) == k and all(c <= cap for c, cap in zip(sol.counts, caps, strict=True))
+    best = np.inf
+    for idx in itertools.product(range(11), repeat=3):
+        pruned = [round(amounts[i] * n) for i, n in zip(idx, sizes, strict=True)]
+        if sum(pruned) >= k and all(p <= c for p, c in zip(pruned, caps, strict=True)):
+            best = min(best, sum(curves[li, i] for li, i in enumerate(idx)))
+    assert sol.objective == pytest.approx(best)
+
+
+def test_layer_dp_min_keep_never_empties_a_layer():
+    model = small_cnn()
+    masks = pruners.prune(model, "layer_dp", 0.97, example_input=torch.zeros(1, 1, 8, 8),
+                          num_samples=16, num_amounts=101, min_keep=0.02)
+    assert all(int(m.sum()) >= 0.02 * m.numel() for m in masks.values())
+
+
 def test_curves_start_at_zero_grow_and_restore_weights():
     model = small_cnn()
     before = {k: v.clone() for k, v in model.state_dict().items()}

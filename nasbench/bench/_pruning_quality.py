@@ -1,9 +1,10 @@
 """Pruning quality on mnist5k: accuracy and output distortion per method and sparsity.
 
 Models: LeNet-300-100 (MLP) and a small CNN, trained dense with Adam. One-shot methods prune a
-copy of the dense model, then fine-tune it briefly with the masks kept; lottery tickets run
-IMP (20% of the remaining weights per level, rewinding to iteration 50; 10 in --quick) and are compared with
-a random re-initialisation of the same masks. Accuracy is on the held-out split (1,000 images);
+copy of the dense model, then fine-tune it briefly with the masks kept; `_mt` variants keep at
+least 1% of every layer. Lottery tickets run IMP (20% of the remaining weights per level,
+rewinding to iteration 50; 10 in --quick) and are compared with a random re-initialisation of
+the same masks. Accuracy is on the held-out split (1,000 images);
 distortion is the output-logit MSE against the dense model on that split, before fine-tuning.
 The DP budget-discretisation error is measured on the same trained models against the exact
 solve (B = N, one unit per weight).
@@ -26,8 +27,11 @@ from nasbench.classify import adam_train_fn
 from nasbench.data import load_dataset
 from pruners.baselines import layerwise_masks
 from pruners.layer_dp import distortion_curves, solve_dp
+from pruners.magnitude import min_keep_counts
 
-METHODS = ("global_magnitude", "global_magnitude_mt", "uniform", "erk", "lamp", "layer_dp")
+METHODS = ("global_magnitude", "global_magnitude_mt", "uniform", "erk", "lamp", "layer_dp",
+           "layer_dp_mt")
+MIN_KEEP = 0.01  # the `_mt` variants keep >= 1% of every layer (minimum-threshold rule)
 
 
 def mlp() -> nn.Module:
@@ -122,14 +126,16 @@ def quality(*, full: bool, quick: bool, seed: int) -> dict[str, Any]:
 
 
 def _prune(model, method, sp, curves, amounts) -> None:
-    if method == "layer_dp":  # the dense model's curves serve every sparsity (one-shot)
+    if method.startswith("layer_dp"):  # the dense model's curves serve every sparsity (one-shot)
         targets = pruners.select_targets(model)
-        k = round(sp * sum(t.numel for t in targets))
-        sol = solve_dp(curves, [t.numel for t in targets], amounts, k)
+        sizes = [t.numel for t in targets]
+        keep = min_keep_counts(sizes, MIN_KEEP if method.endswith("_mt") else 0)
+        sol = solve_dp(curves, sizes, amounts, round(sp * sum(sizes)),
+                       caps=[n - c for n, c in zip(sizes, keep, strict=True)])
         masks = layerwise_masks(targets, sol.counts)
         pruners.apply_masks(model, {t.name: m for t, m in zip(targets, masks, strict=True)})
     elif method == "global_magnitude_mt":
-        pruners.prune(model, "global_magnitude", sp, min_keep=0.01)  # feasible up to 99%
+        pruners.prune(model, "global_magnitude", sp, min_keep=MIN_KEEP)
     else:
         pruners.prune(model, method, sp)
 
