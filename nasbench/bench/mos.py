@@ -9,7 +9,8 @@
    the same archs trained alone from scratch for as many steps (shared by the variants);
    mean |gap| and Kendall tau per variant. Target: MoS gap < plain gap.
 
-`--set` params: families=vit,mbv3; parts=overhead,quality; experts (4); threads (1);
+`--set` params: families=vit,mbv3; parts=overhead,quality; preset (tiny; `default` for the
+OFA / AutoFormer-T sized spaces); experts (4); threads (1);
 steps (quality training steps, 100); batch (64); archs (random archs besides smallest and
 largest, 6); timed_steps (12).
 """
@@ -60,7 +61,8 @@ def _new_net(opts: BenchOptions, family: str, variant: str):
     mos = None if variant == "plain" else {"type": variant, "experts": int(opts.params.get(
         "experts", 4))}
     torch.manual_seed(opts.seed)
-    return supernets.create(family, preset="tiny", num_classes=10, in_chans=1, mos=mos)
+    return supernets.create(family, preset=str(opts.params.get("preset", "tiny")), num_classes=10,
+                            in_chans=1, mos=mos)
 
 
 def _hparams(family: str, **kw: Any):
