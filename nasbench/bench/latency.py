@@ -73,6 +73,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
             uniform.append(arch)
     rounds = int(p["rounds"])
     table = measure_archs(net, stratified + uniform, settings, rounds=rounds, seed=opts.seed)
+    _keep_table(table, opts)
     measure_s = time.perf_counter() - t0
     order = np.random.default_rng(opts.seed).permutation(n_train + n_test)
     train = table.iloc[order[:n_train]]
@@ -123,6 +124,16 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     best = figures["learned"]["test"]
     figures["goal_met"] = bool(best["kendall_tau"] >= 0.9 and best["mape"] <= 10 and len(test) >= 50)
     return figures
+
+
+def _keep_table(table, opts: BenchOptions) -> None:
+    """Save the measurements beside the JSON: predictors can be compared offline on them."""
+    from pathlib import Path
+
+    from nasbench_core.atomic import atomic_path
+
+    with atomic_path(Path(opts.out_dir) / "latency_table.parquet") as tmp:
+        table.to_parquet(tmp, index=False)
 
 
 def _archs(space, table) -> list[dict]:
