@@ -1,0 +1,58 @@
+"""Every registered benchmark runs end to end in --quick mode and keeps its side-by-side facts.
+
+`optimizers` and `supernets` have their own tests; `ray` needs a cluster (tests/test_ray*)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nasbench.bench.registry import BenchOptions, list_benchmarks, run_benchmark
+
+COVERED_ELSEWHERE = {"optimizers", "supernets", "ray"}
+
+
+def _cuda_ext(fig):
+    for case in ("linear335m", "resnet50"):  # names kept; --quick shrinks the tensors
+        assert fig[case]["same_threshold_as_kthvalue"]
+        assert fig[case]["same_pruned_count_as_global_unstructured"]
+
+
+def _pruning(fig):
+    for case in ("linear5m", "resnet18"):
+        rows = fig["speed"][case]
+        totals = {m: rows[m]["pruned"] for m in ("ours_select", "ours_prune", "ours_permanent",
+                                                 "global_unstructured")}
+        assert len(set(totals.values())) == 1, totals
+        assert rows["permanent_extra_peak_pct_of_weights"] < rows["select_extra_peak_pct_of_weights"]
+
+
+def _latency(fig):
+    assert fig["n_test"] >= 10 and -1 <= fig["learned"]["test"]["kendall_tau"] <= 1
+
+
+def _mos(fig):
+    for family in ("vit", "mbv3"):
+        assert fig["families"][family]["overhead"]["param_ratio"]["plain"] == 1.0
+
+
+def _search(fig):
+    assert set(fig["hypervolume"]) == {"nsga2", "linas", "optuna", "random"}
+
+
+CHECKS = {"cuda_ext": _cuda_ext, "pruning": _pruning, "latency": _latency, "mos": _mos,
+          "search": _search}
+
+
+def test_every_benchmark_has_a_smoke_check():
+    names = {b.name for b in list_benchmarks()} - COVERED_ELSEWHERE
+    assert {n for n in names if not n.startswith("_")} == set(CHECKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_benchmark_runs_quick(name, tmp_path):
+    report, target = run_benchmark(name, BenchOptions(quick=True, out_dir=tmp_path))
+    assert json.loads(target.read_text())["benchmark"] == name
+    CHECKS[name](report["figures"])
