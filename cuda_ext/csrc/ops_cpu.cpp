@@ -94,30 +94,9 @@ struct FirstNaN {
   bool found() const { return index.load() != std::numeric_limits<int64_t>::max(); }
 };
 
-// Bin holding the k-th (1-based) element, and k's rank inside that bin; {-1, 0} if k > total.
-std::pair<int64_t, int64_t> select_bin(const std::vector<int64_t>& hist, int64_t k) {
-  int64_t before = 0;
-  for (int64_t b = 0; b < static_cast<int64_t>(hist.size()); ++b) {
-    if (before + hist[b] >= k) return {b, k - before};
-    before += hist[b];
-  }
-  return {-1, 0};
-}
-
 void check_all(const std::vector<at::Tensor>& tensors) {
   for (const auto& t : tensors) check_cpu(t, "tensor");
 }
-
-// Key window [lo, lo + width) histogrammed in kBins bins of 2^shift keys each.
-struct Window {
-  uint32_t lo;
-  uint64_t width;
-  int shift;
-  Window(uint32_t lo_, uint64_t width_)
-      : lo(lo_), width(std::min<uint64_t>(width_, (uint64_t{1} << 32) - lo_)), shift(0) {
-    while (((width - 1) >> shift) >= static_cast<uint64_t>(kBins)) ++shift;
-  }
-};
 
 // What one radix pass returns: the count of keys below its window and the window's histogram.
 struct PassResult {
@@ -266,12 +245,12 @@ int64_t kth_key(const std::vector<at::Tensor>& tensors, int64_t k, int64_t guess
   FirstNaN nan;
   bool first = true;
   while (true) {
-    const Window w(lo, width);
+    const Window w(lo, width, kBins);
     const auto pass = window_pass(tensors, w, first ? kShortBlock : kLongBlock,
                                   first ? &nan : nullptr);
     if (first && nan.found()) return -nan.index.load() - 1;
     first = false;
-    const auto [bin, rank] = k > pass.below ? select_bin(pass.hist, k - pass.below)
+    const auto [bin, rank] = k > pass.below ? select_bin(pass.hist.data(), kBins, k - pass.below)
                                             : std::pair<int64_t, int64_t>{-1, 0};
     if (bin < 0) {  // rank k lies outside the sampled window
       TORCH_CHECK(w.lo != 0 || w.width != (uint64_t{1} << 32), "radix select lost rank k");

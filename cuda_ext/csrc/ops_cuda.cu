@@ -59,24 +59,6 @@ __global__ void window_pass_kernel(const scalar_t* __restrict__ p, int64_t n, ui
   atomicMax(worst_out, worst);
 }
 
-struct Window {
-  uint32_t lo;
-  uint64_t width;
-  int shift;
-  Window(uint32_t lo_, uint64_t width_) : lo(lo_), width(width_), shift(0) {
-    while (((width - 1) >> shift) >= static_cast<uint64_t>(kBins)) ++shift;
-  }
-};
-
-std::pair<int64_t, int64_t> select_bin(const int64_t* hist, int64_t k) {
-  int64_t before = 0;
-  for (int64_t b = 0; b < kBins; ++b) {
-    if (before + hist[b] >= k) return {b, k - before};
-    before += hist[b];
-  }
-  return {-1, 0};
-}
-
 // Returns the key of the k-th smallest |w|, or -(i + 1) when tensor i holds a NaN.
 // Radix select over windows starting from the full key range (no sampling: passes are cheap).
 int64_t kth_key(const std::vector<at::Tensor>& tensors, int64_t k, int64_t guess_lo,
@@ -95,7 +77,7 @@ int64_t kth_key(const std::vector<at::Tensor>& tensors, int64_t k, int64_t guess
   }
   bool first = true;
   while (true) {
-    const Window w(lo, width);
+    const Window w(lo, width, kBins);
     auto counts = at::zeros({kBins + 1}, opts);  // [bins..., below]
     auto worst = at::zeros({n}, opts.dtype(at::kInt));
     auto* hist = reinterpret_cast<unsigned long long*>(counts.data_ptr<int64_t>());
@@ -120,7 +102,7 @@ int64_t kth_key(const std::vector<at::Tensor>& tensors, int64_t k, int64_t guess
     const auto c = counts.cpu();
     const int64_t* h = c.data_ptr<int64_t>();
     const int64_t below = h[kBins];
-    const auto [bin, rank] = k > below ? select_bin(h, k - below) : std::pair<int64_t, int64_t>{-1, 0};
+    const auto [bin, rank] = k > below ? select_bin(h, kBins, k - below) : std::pair<int64_t, int64_t>{-1, 0};
     if (bin < 0) {
       TORCH_CHECK(w.lo != 0 || w.width != (uint64_t{1} << 32), "radix select lost rank k");
       lo = 0;
