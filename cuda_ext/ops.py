@@ -52,14 +52,18 @@ def _numel(tensors: list[Tensor]) -> int:
     return sum(t.numel() for t in tensors)
 
 
-def _ext_for(tensors: Sequence[Tensor]):
-    """Compiled module able to run on these tensors' devices and layouts, else None."""
-    if not tensors:
-        return None
+def _ops_for(tensors: Sequence[Tensor]):
+    """The compiled ops able to run on these tensors' devices and layouts, else the PyTorch
+    ones (same interface, same results)."""
     devices = {t.device.type for t in tensors}
     if len(devices) != 1 or not all(t.is_contiguous() for t in tensors):
-        return None
-    return _loader.extension(devices.pop())
+        return _torch_ops
+    return _loader.extension(devices.pop()) or _torch_ops
+
+
+def _check_k(k: int, lowest: int, n: int) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or not lowest <= k <= n:
+        raise UserError(f"k={k!r} is out of range; expected an integer in [{lowest}, {n}]")
 
 
 def kth_smallest_abs(tensors: Sequence[Tensor], k: int) -> float:
@@ -68,13 +72,8 @@ def kth_smallest_abs(tensors: Sequence[Tensor], k: int) -> float:
     Raises UserError when k is outside [1, total elements] or a tensor holds NaN.
     """
     ts = _check(tensors)
-    n = _numel(ts)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise UserError(f"k={k!r} is out of range; expected an integer in [1, {n}]")
-    ext = _ext_for(ts)
-    if ext is None:
-        return _torch_ops.kth_smallest_abs(ts, k)
-    return ext.kth_smallest_abs(ts, k)
+    _check_k(k, 1, _numel(ts))
+    return _ops_for(ts).kth_smallest_abs(ts, k)
 
 
 def masks_from_threshold(tensors: Sequence[Tensor], threshold: float, k: int) -> list[Tensor]:
@@ -84,15 +83,12 @@ def masks_from_threshold(tensors: Sequence[Tensor], threshold: float, k: int) ->
     and flattened-index order until k are pruned. The threshold is compared in float32.
     """
     ts = _check(tensors)
-    n = _numel(ts)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise UserError(f"k={k!r} is out of range; expected an integer in [0, {n}]")
+    _check_k(k, 0, _numel(ts))
     threshold = float(threshold)
     if not threshold >= 0.0:
         raise UserError(f"threshold={threshold!r} must be a non-negative number")
     tkey = _torch_ops.threshold_key(threshold)
-    ext = _ext_for(ts)
-    ops = _torch_ops if ext is None else ext
+    ops = _ops_for(ts)
     below, ties = ops.count_below_and_ties(ts, tkey)
     if not below <= k <= below + sum(ties):
         raise UserError(
@@ -118,12 +114,9 @@ def iter_global_magnitude_masks(tensors: Sequence[Tensor], k: int) -> Iterator[T
     layer's mask: extra memory stays at the largest layer's bool mask whatever the model size.
     """
     ts = _check(tensors)
-    n = _numel(ts)
-    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= n:
-        raise UserError(f"k={k!r} is out of range; expected an integer in [0, {n}]")
+    _check_k(k, 0, _numel(ts))
     tkey = _torch_ops.threshold_key(kth_smallest_abs(ts, k) if k else 0.0)
-    ext = _ext_for(ts)
-    ops = _torch_ops if ext is None else ext
+    ops = _ops_for(ts)
     below, ties = ops.count_below_and_ties(ts, tkey)
     quota = k - below
     for t, n_ties in zip(ts, ties, strict=True):
@@ -138,9 +131,8 @@ def apply_masks_(tensors: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
     ts = list(tensors)
     _check(ts)
     ms = _check_masks(ts, masks)
-    ext = _ext_for(ts + ms)
     with torch.no_grad():
-        (_torch_ops if ext is None else ext).apply_masks_(ts, ms)
+        _ops_for(ts + ms).apply_masks_(ts, ms)
 
 
 def rewind_(tensors: Sequence[Tensor], initial: Sequence[Tensor], masks: Sequence[Tensor]) -> None:
@@ -149,11 +141,10 @@ def rewind_(tensors: Sequence[Tensor], initial: Sequence[Tensor], masks: Sequenc
     _check(ts)
     w0 = _check_masks(ts, _check(initial, "initial"), "initial")
     ms = _check_masks(ts, masks)
-    ext = _ext_for(ts + w0 + ms)
-    if ext is not None and any(a.dtype != b.dtype for a, b in zip(ts, w0, strict=True)):
-        ext = None
+    same_dtypes = all(a.dtype == b.dtype for a, b in zip(ts, w0, strict=True))
+    ops = _ops_for(ts + w0 + ms) if same_dtypes else _torch_ops  # the kernel needs one dtype
     with torch.no_grad():
-        (_torch_ops if ext is None else ext).rewind_(ts, w0, ms)
+        ops.rewind_(ts, w0, ms)
 
 
 def lamp_scores(tensor: Tensor) -> Tensor:
@@ -164,5 +155,4 @@ def lamp_scores(tensor: Tensor) -> Tensor:
     (t,) = _check([tensor], "tensor")
     if torch.isnan(t).any():
         raise _torch_ops.nan_error(0)
-    ext = _ext_for([t])
-    return (_torch_ops if ext is None else ext).lamp_scores(t)
+    return _ops_for([t]).lamp_scores(t)
