@@ -77,6 +77,8 @@ def test_max_stall_is_a_validated_setting() -> None:
     assert search.create_optimizer("optuna", max_stall=7).max_stall == 7
     with pytest.raises(UserError, match="no setting 'stall'"):
         search.create_optimizer("random", stall=7)
+    with pytest.raises(UserError, match="max_stall=0 must be an integer >= 1"):
+        search.create_optimizer("nsga2", max_stall=0)
 
 
 def test_same_seed_same_table() -> None:

@@ -26,6 +26,10 @@ class Optimizer(ABC):
     help: ClassVar[str] = ""
     max_stall: int = 50
 
+    def __post_init__(self) -> None:
+        if isinstance(self.max_stall, bool) or not isinstance(self.max_stall, int) or self.max_stall < 1:
+            raise UserError(f"optimizer {self.name!r}: max_stall={self.max_stall!r} must be an integer >= 1")
+
     @abstractmethod
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
         """Spend `problem.evaluator.budget` true evaluations; `workdir` holds resumable state."""
