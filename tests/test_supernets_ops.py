@@ -57,6 +57,31 @@ def test_transformed_kernel_cache_follows_in_place_updates():
     assert conv.active_weight().requires_grad  # never cached when training
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_inference_caches_see_every_recipe_optimizer_step(optimizer):
+    """Fused AdamW writes parameters without bumping their `_version`; caches still refresh."""
+    from supernets.mos import MoSDynamicLinear
+    from supernets.training import TrainHParams
+    from supernets.training.optim import build_optimizer
+
+    conv = DynamicConv2d(4, 4, [3, 5], depthwise=True)
+    conv.set_active(4, kernel=3)
+    mos = MoSDynamicLinear(4, 4, routing="neuron", experts=2, d_arch=3, router_hidden=8)
+    mos.on_set_active({}, torch.rand(3))
+    layers = nn.ModuleList([conv, mos])
+    opt = build_optimizer(layers, TrainHParams(optimizer=optimizer, lr=0.1))
+    with torch.no_grad():
+        before = [conv.active_weight(), mos.active_weight()]
+    (conv(torch.randn(1, 4, 5, 5)).square().sum() + mos(torch.randn(2, 4)).square().sum()).backward()
+    opt.step()
+    with torch.no_grad():
+        after = [conv.active_weight(), mos.active_weight()]
+        fresh = [conv._transformed(conv.weight, 3), mos._mix()[0]]
+    for old, new, want in zip(before, after, fresh, strict=True):
+        assert not torch.equal(old, new)
+        torch.testing.assert_close(new, want, rtol=0, atol=0)
+
+
 def test_batchnorm_train_mode_updates_only_the_active_slice():
     bn = DynamicBatchNorm2d(6, momentum=None)
     bn.active_features = 4

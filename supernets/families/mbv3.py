@@ -24,6 +24,7 @@ from supernets.ops import (
     DynamicBatchNorm2d,
     DynamicConv2d,
     DynamicSqueezeExcite,
+    channel_tensor,
     importance_order,
     make_divisible,
     permute_,
@@ -124,14 +125,14 @@ class ElasticMBConv(nn.Module):
 
     def reorder_channels(self) -> None:
         """Sort the expanded channels by the L1 norm of their projection weights."""
-        order = importance_order(self.project.weight, 1)
+        order = importance_order(channel_tensor(self.project), 1)
         for layer in (self.expand, self.expand_bn, self.dw, self.dw_bn):
             permute_(layer, order, 0)
         permute_(self.project, order, 1)
         if self.se is not None:
             permute_(self.se.reduce, order, 1)
             permute_(self.se.expand, order, 0)
-            rd_order = importance_order(self.se.expand.weight, 1)
+            rd_order = importance_order(channel_tensor(self.se.expand), 1)
             permute_(self.se.reduce, rd_order, 0)
             permute_(self.se.expand, rd_order, 1)
 

@@ -24,6 +24,7 @@ from supernets.families.mbv3 import _init_weights
 from supernets.ops import (
     DynamicBatchNorm2d,
     DynamicConv2d,
+    channel_tensor,
     importance_order,
     make_divisible,
     permute_,
@@ -119,11 +120,11 @@ class ElasticResBlock(nn.Module):
     def reorder_channels(self) -> None:
         """Sort mid channels by the L1 norm of the weights that consume them."""
         if self.conv3 is not None:
-            order = importance_order(self.conv3.weight, 1)
+            order = importance_order(channel_tensor(self.conv3), 1)
             permute_(self.conv2, order, 0)
             permute_(self.bn2, order, 0)
             permute_(self.conv3, order, 1)
-        order = importance_order(self.conv2.weight, 1)
+        order = importance_order(channel_tensor(self.conv2), 1)
         permute_(self.conv1, order, 0)
         permute_(self.bn1, order, 0)
         permute_(self.conv2, order, 1)

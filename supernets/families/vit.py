@@ -24,6 +24,7 @@ from supernets.ops import (
     DynamicConv2d,
     DynamicLayerNorm,
     DynamicLinear,
+    channel_tensor,
     importance_order,
     make_divisible,
     permute_,
@@ -97,7 +98,7 @@ class ElasticViTBlock(nn.Module):
 
     def reorder_channels(self) -> None:
         """Sort MLP hidden units by the L1 norm of their fc2 columns (heads sort themselves)."""
-        order = importance_order(self.mlp.fc2.weight, 1)
+        order = importance_order(channel_tensor(self.mlp.fc2), 1)
         permute_(self.mlp.fc1, order, 0)
         permute_(self.mlp.fc2, order, 1)
 

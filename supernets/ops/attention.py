@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from supernets.ops.channels import importance_order, permute_
+from supernets.ops.channels import channel_tensor, importance_order, permute_
 from supernets.ops.linear import DynamicLinear
 from supernets.stock import Attention, attend
 
@@ -50,7 +50,7 @@ class DynamicAttention(nn.Module):
     def reorder_channels(self) -> None:
         """Sort heads by the L1 norm of their output-projection columns."""
         hd = self.head_dim
-        w = self.proj.weight.view(self.proj.out_features, self.max_heads, hd)
+        w = channel_tensor(self.proj).reshape(self.proj.out_features, self.max_heads, hd, -1)
         head_order = importance_order(w, 1)
         order = (head_order[:, None] * hd + torch.arange(hd)).reshape(-1)
         for lin in (self.q, self.k, self.v):

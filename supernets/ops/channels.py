@@ -22,6 +22,17 @@ def importance_order(weight: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.argsort(scores, descending=True, stable=True)
 
 
+def channel_tensor(module: nn.Module, name: str = "weight") -> torch.Tensor | None:
+    """`module.<name>` with output channels on dim 0 and input channels on dim 1.
+
+    A layer that stores its tensors in another layout (a MoS layer stacks experts first)
+    returns a view in this one from `channel_view`; writes through the view move its storage.
+    """
+    tensor = getattr(module, name, None)
+    view = getattr(module, "channel_view", None)
+    return tensor if tensor is None or view is None else view(tensor)
+
+
 def permute_(module: nn.Module, order: torch.Tensor, dim: int) -> None:
     """Re-order a layer's output (dim 0) or input (dim 1) channels in place.
 
@@ -32,13 +43,13 @@ def permute_(module: nn.Module, order: torch.Tensor, dim: int) -> None:
     with torch.no_grad():
         if dim == 0:
             for name in ("weight", "bias", "running_mean", "running_var"):
-                t = getattr(module, name, None)
+                t = channel_tensor(module, name)
                 if t is not None:
                     t.copy_(t.index_select(0, order))
             hook = getattr(module, "on_permute_outputs", None)
             if hook is not None:
                 hook(order)
         else:
-            w = module.weight
+            w = channel_tensor(module)
             if w.shape[1] > 1:  # depthwise convs have no input channels to move
                 w.copy_(w.index_select(1, order))

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from supernets.ops.versions import weights_stamp
+
 
 class DynamicConv2d(nn.Module):
     """A conv whose active out/in channels and kernel size are set per arch.
@@ -77,8 +79,7 @@ class DynamicConv2d(nn.Module):
         if torch.is_grad_enabled():
             return self._transformed(w, k)
         # Inference: reuse the transformed kernel until any source tensor changes in place.
-        key = (out, k, self.weight._version,
-               *(m._version for m in self.kernel_transforms.values()))
+        key = (out, k, *weights_stamp((self.weight, *self.kernel_transforms.values())))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self._transformed(w, k))
         return self._cache[1]
