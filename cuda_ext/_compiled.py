@@ -44,3 +44,9 @@ class CompiledOps:
 
     def lamp_scores(self, tensor: Tensor) -> Tensor:
         return self.module.lamp_scores(tensor)
+
+    def mos_mix(self, features: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                experts: Tensor, biases: Tensor | None, out: int, inp: int,
+                neuron: bool) -> tuple[Tensor, Tensor | None]:
+        mixed = self.module.mos_mix(features, w1, b1, w2, b2, experts, biases, out, inp, neuron)
+        return mixed[0], mixed[1] if len(mixed) > 1 else None

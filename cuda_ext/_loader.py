@@ -23,8 +23,8 @@ from nasbench_core.errors import UserError
 
 ENV = "NASBENCH_CUDA_EXT"
 CSRC = Path(__file__).parent / "csrc"
-CPU_SOURCES = ("ops_cpu.cpp",)
-CUDA_SOURCES = ("ops_cuda.cpp", "ops_cuda.cu")
+CPU_SOURCES = ("ops_cpu.cpp", "mos_mix.cpp")
+CUDA_SOURCES = ("ops_cuda.cpp", "ops_cuda.cu", "mos_mix.cpp")
 _log = logging.getLogger("cuda_ext")
 _reported: set[str] = set()
 

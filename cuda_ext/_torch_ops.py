@@ -5,6 +5,9 @@ integer order of the bits equals the numeric order, so an exact k-th smallest va
 histogram passes (high 15 bits, then low 16 bits) over per-chunk int views. Half types are
 widened to float32 chunk by chunk, which is exact. Extra memory is a couple of histograms and
 one chunk of keys, never a concatenation of all weights.
+
+`mos_mix` is the reference of the mixture-of-supernets layer op: router MLP, softmax over the
+experts, and the mixture of the active block of the stacked experts.
 """
 
 from __future__ import annotations
@@ -142,3 +145,22 @@ def lamp_scores(tensor: Tensor) -> Tensor:
     scores = torch.empty_like(scores_sorted)
     scores[order] = scores_sorted
     return scores.float().view(tensor.shape)
+
+
+def mos_coefficients(features: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
+                     experts: int, rows: int) -> Tensor:
+    """Router MLP then softmax over the experts: α as (m, rows), where rows is 1 for layer
+    routing and the active output count for neuron routing (logit r*m + k is row r, expert k)."""
+    hidden = torch.addmv(b1, w1, features).relu()
+    logits = torch.addmv(b2, w2, hidden)[: rows * experts]
+    return logits.view(rows, experts).softmax(-1).t()
+
+
+def mos_mix(features: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, experts: Tensor,
+            biases: Tensor | None, out: int, inp: int, neuron: bool) -> tuple[Tensor, Tensor | None]:
+    """The mixed (out, inp, ...) weight and (out,) bias of stacked experts (m, O, I, ...)."""
+    coef = mos_coefficients(features, w1, b1, w2, b2, experts.shape[0], out if neuron else 1)
+    block = experts if experts.shape[1:3] == (out, inp) else experts[:, :out, :inp]
+    weight = (block * coef[(..., *([None] * (experts.dim() - 2)))]).sum(0)
+    bias = None if biases is None else (biases[:, :out] * coef).sum(0)
+    return weight, bias

@@ -156,3 +156,16 @@ def lamp_scores(tensor: Tensor) -> Tensor:
     if torch.isnan(t).any():
         raise _torch_ops.nan_error(0)
     return _ops_for([t]).lamp_scores(t)
+
+
+def mos_mix(features: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, experts: Tensor,
+            biases: Tensor | None, out: int, inp: int, neuron: bool) -> tuple[Tensor, Tensor | None]:
+    """A mixture-of-supernets layer's weight and bias for one arch, differentiable in every input
+    but `features`.
+
+    The router MLP (w1, b1 -> ReLU -> w2, b2) maps the arch `features` to softmax coefficients
+    over the m experts (per output row when `neuron`), which mix the active (out, inp) block of
+    `experts` (m, O, I[, 1, 1]) and `biases` (m, O). Compiled, this is a single autograd node.
+    """
+    tensors = [features, w1, b1, w2, b2, experts, *([] if biases is None else [biases])]
+    return _ops_for(tensors).mos_mix(features, w1, b1, w2, b2, experts, biases, out, inp, neuron)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cuda_ext import mos_coefficients, mos_mix
 from nasbench_core.errors import ConfigError
 from supernets.ops import DynamicConv2d, DynamicLinear
 from supernets.ops.versions import weights_stamp
@@ -89,7 +90,11 @@ def _is_int(value: Any) -> bool:
 
 
 class Router(nn.Module):
-    """Linear(d_arch, hidden) -> ReLU -> Linear(hidden, n); the last layer starts at zero."""
+    """Linear(d_arch, hidden) -> ReLU -> Linear(hidden, n); the last layer starts at zero.
+
+    `cuda_ext.mos_mix` evaluates it together with the mixing it drives (one autograd node when
+    compiled), so this module only holds and initialises the parameters.
+    """
 
     def __init__(self, d_arch: int, hidden: int, n_logits: int):
         super().__init__()
@@ -98,19 +103,16 @@ class Router(nn.Module):
         nn.init.zeros_(self.logits.weight)
         nn.init.zeros_(self.logits.bias)
 
-    def forward(self, features: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-        """All logits, or only the first `rows` (neuron routing needs just the active outputs)."""
-        hidden = F.relu(self.hidden(features))
-        if rows is None:
-            return self.logits(hidden)
-        return F.linear(hidden, self.logits.weight[:rows], self.logits.bias[:rows])
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.hidden.weight, self.hidden.bias, self.logits.weight, self.logits.bias
 
 
 class _Mixture:
     """Expert storage, routing and mixing shared by the MoS linear and conv layers.
 
     Experts are stacked expert-first, `(m, out, in, ...)` and `(m, out)`: mixing is then a
-    weighted sum of m contiguous blocks, several times faster than over a trailing axis.
+    weighted sum of m contiguous blocks, several times faster than over a trailing axis. The
+    routing and mixing run in `cuda_ext.mos_mix` (compiled kernels or the PyTorch path).
     """
 
     weight: nn.Parameter
@@ -167,21 +169,16 @@ class _Mixture:
 
     def mixing_coefficients(self) -> torch.Tensor:
         """α of the active arch: (m,) for layer routing, (out_active, m) for neuron routing."""
-        coef = self._coefficients()
+        rows = self.active_out if self.routing == "neuron" else 1
+        coef = mos_coefficients(self._arch_features(), *self.router.parts(), self.num_experts, rows)
         return coef[:, 0] if self.routing == "layer" else coef.t()
 
-    def _coefficients(self) -> torch.Tensor:
-        """α as (m, 1) for layer routing or (m, out_active) for neuron routing."""
+    def _arch_features(self) -> torch.Tensor:
         if self._features is None:
             raise RuntimeError("MoS layer has no arch features: call Supernet.set_active first")
-        features = self._features
-        if features.device != self.weight.device:
-            features = self._features = features.to(self.weight.device)
-        if self.routing == "layer":
-            return self.router(features).softmax(-1).unsqueeze(1)
-        out = self.active_out
-        logits = self.router(features, rows=out * self.num_experts)
-        return logits.view(out, self.num_experts).softmax(-1).t()
+        if self._features.device != self.weight.device:
+            self._features = self._features.to(self.weight.device)
+        return self._features
 
     def mixed_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The active arch's mixed weight and bias.
@@ -198,10 +195,8 @@ class _Mixture:
         return self._inference_cache[1]
 
     def _mix(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        coef, out = self._coefficients(), self.active_out
-        weight = (_active(self.weight, out, self.active_in) * _expand(coef, self.weight)).sum(0)
-        bias = None if self.bias is None else (self.bias[:, :out] * coef).sum(0)
-        return weight, bias
+        return mos_mix(self._arch_features(), *self.router.parts(), self.weight, self.bias,
+                       self.active_out, self.active_in, self.routing == "neuron")
 
     def active_weight(self) -> torch.Tensor:
         return self.mixed_parameters()[0]
@@ -211,18 +206,6 @@ class _Mixture:
 
     def _mos_repr(self) -> str:
         return f", mos={self.routing}x{self.num_experts}"
-
-
-def _active(stacked: torch.Tensor, out: int, inp: int) -> torch.Tensor:
-    """The active (m, out, in, ...) block of expert-first stacked weights."""
-    if stacked.shape[1] == out and stacked.shape[2] == inp:
-        return stacked
-    return stacked[:, :out, :inp]
-
-
-def _expand(coef: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """(m, rows) coefficients with singleton dims for the weight's input and kernel axes."""
-    return coef[(..., *([None] * (weight.dim() - 2)))]
 
 
 def _spread(dense: torch.Tensor, experts: int, noise: float) -> torch.Tensor:

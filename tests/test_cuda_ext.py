@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import cuda_ext
 from cuda_ext import _loader, _torch_ops
@@ -208,3 +209,61 @@ def test_kth_smallest_abs_exact_on_large_mixed_inputs(backend, threads):
             assert cuda_ext.kth_smallest_abs(ts, k) == torch.kthvalue(flat, k).values.item(), k
     finally:
         torch.set_num_threads(previous)
+
+
+# -- mixture-of-supernets routing and mixing ---------------------------------------------------
+def _mos_reference(features, w1, b1, w2, b2, experts, biases, out, inp, neuron):
+    """The MoS formulas written out (Jawahar et al.): router MLP, softmax, weighted experts."""
+    m = experts.shape[0]
+    logits = F.linear(F.relu(F.linear(features, w1, b1)), w2, b2)
+    if neuron:  # W[r] = sum_i alpha[r, i] E_i[r, :in]
+        alpha = logits[: out * m].view(out, m).softmax(-1)
+        weight = sum(alpha[:, i].view(-1, *[1] * (experts.dim() - 2)) * experts[i, :out, :inp]
+                     for i in range(m))
+        bias = None if biases is None else sum(alpha[:, i] * biases[i, :out] for i in range(m))
+    else:  # W = sum_i alpha_i E_i[:out, :in]
+        alpha = logits.softmax(-1)
+        weight = sum(alpha[i] * experts[i, :out, :inp] for i in range(m))
+        bias = None if biases is None else sum(alpha[i] * biases[i, :out] for i in range(m))
+    return weight, bias
+
+
+def _mos_inputs(kind: str, neuron: bool, bias: bool, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    m, out_max, in_max, d, hidden = 3, 8, 6, 5, 16
+    n_logits = m * out_max if neuron else m
+    shape = (m, out_max, in_max) + ((1, 1) if kind == "conv" else ())
+    tensors = [torch.rand(d, generator=g), torch.randn(hidden, d, generator=g),
+               torch.randn(hidden, generator=g), torch.randn(n_logits, hidden, generator=g),
+               torch.randn(n_logits, generator=g), torch.randn(shape, generator=g),
+               torch.randn(m, out_max, generator=g) if bias else None]
+    return [None if t is None else t.to(dtype).requires_grad_(i > 0) for i, t in enumerate(tensors)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("active", [(8, 6), (5, 4), (1, 1)], ids=["full", "sliced", "one"])
+@pytest.mark.parametrize("neuron", [False, True], ids=["layer", "neuron"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_mos_mix_and_its_gradients_match_the_formulas(backend, kind, neuron, active, dtype):
+    """Values and the gradients of every router, expert and bias tensor, on each backend (the
+    compiled loops for float/double, its ATen path for bfloat16)."""
+    out, inp = active
+    for bias in (True, False):
+        inputs = _mos_inputs(kind, neuron, bias, dtype)
+        got = cuda_ext.mos_mix(*inputs, out, inp, neuron)
+        want = _mos_reference(*inputs, out, inp, neuron)
+        tol = {"rtol": 2e-2, "atol": 2e-2} if dtype == torch.bfloat16 else {}
+        params = [t for t in inputs[1:] if t is not None]
+        probes = [torch.randn(w.shape, generator=torch.Generator().manual_seed(9)).to(dtype)
+                  for w in want if w is not None]
+        grads = []
+        for outputs in (got, want):
+            outputs = [o for o in outputs if o is not None]
+            loss = sum((o * p).sum() for o, p in zip(outputs, probes, strict=True))
+            grads.append(torch.autograd.grad(loss, params))
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None)
+            if w is not None:
+                torch.testing.assert_close(g, w, **tol)
+        for g, w in zip(*grads, strict=True):
+            torch.testing.assert_close(g, w, **tol)

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "keys.h"
+#include "mos_mix.h"
 
 namespace nasbench_ext {
 namespace {
@@ -473,4 +474,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("apply_masks_", &nasbench_ext::apply_masks_);
   m.def("rewind_", &nasbench_ext::rewind_);
   m.def("lamp_scores", &nasbench_ext::lamp_scores);
+  m.def("mos_mix", &nasbench_ext::mos_mix);
 }

@@ -3,6 +3,8 @@
 
 #include <vector>
 
+#include "mos_mix.h"
+
 namespace nasbench_ext {
 int64_t cuda_kth_key(const std::vector<at::Tensor>& tensors, int64_t k, int64_t guess_lo,
                      int64_t guess_width);
@@ -25,4 +27,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("apply_masks_", &cuda_apply_masks_);
   m.def("rewind_", &cuda_rewind_);
   m.def("lamp_scores", &cuda_lamp_scores);
+  m.def("mos_mix", &mos_mix);
 }
