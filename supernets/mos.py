@@ -176,8 +176,9 @@ class _Mixture:
     def _arch_features(self) -> torch.Tensor:
         if self._features is None:
             raise RuntimeError("MoS layer has no arch features: call Supernet.set_active first")
-        if self._features.device != self.weight.device:
-            self._features = self._features.to(self.weight.device)
+        w = self.weight
+        if self._features.device != w.device or self._features.dtype != w.dtype:
+            self._features = self._features.to(w.device, w.dtype)  # the net moved or was cast
         return self._features
 
     def mixed_parameters(self) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -305,3 +305,12 @@ def test_extracted_mos_subnet_matches_onnxruntime(tmp_path, family, routing):
     got = session.run(None, {"x": x.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, sub(x).numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("routing", ["layer", "neuron"])
+def test_net_cast_after_set_active_routes_in_the_new_dtype(routing):
+    net = make("vit", {"type": routing, "experts": 2})
+    arch = net.space.largest()
+    net.set_active(arch)
+    out = net.double()(batch(arch).double())
+    assert out.dtype == torch.float64
