@@ -62,10 +62,10 @@ def uniform_plus(targets: Sequence[Target], k: int, last_keep: float = 0.2) -> l
     caps[0] = 0.0
     caps[-1] = 1.0 - last_keep
     fracs = water_fill(sizes, caps, k)
-    int_caps = [math.floor(c * n) for c, n in zip(caps, sizes, strict=True)]
-    counts = largest_remainder(
-        [f * n for f, n in zip(fracs, sizes, strict=True)], k, int_caps, pruned_counts(targets)
-    )
+    pruned = pruned_counts(targets)
+    # weights an earlier pruning removed stay removed, inside the caps or not, and count to k
+    int_caps = [max(math.floor(c * n), p) for c, n, p in zip(caps, sizes, pruned, strict=True)]
+    counts = largest_remainder([f * n for f, n in zip(fracs, sizes, strict=True)], k, int_caps, pruned)
     return layerwise_masks(targets, counts)
 
 

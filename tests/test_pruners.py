@@ -114,6 +114,18 @@ def test_registry_exact_count_and_masks_survive_training(method, sparsity):
 
 
 @pytest.mark.parametrize("method", pruners.list_pruners())
+def test_pruning_a_pruned_model_reaches_the_exact_total(method):
+    """Earlier masks count toward round(s·N), also in layers a method keeps dense (uniform+'s
+    first layer) or caps; the earlier pruned weights stay pruned."""
+    model = small_cnn()
+    n = sum(m.weight.numel() for m, _ in conv_linear(model))
+    earlier = pruners.get_masks(pruners.prune(model, "global_magnitude", 0.3) and model)
+    masks = pruners.prune(model, method, 0.8, **EXTRA_KWARGS.get(method, {}))
+    assert pruned_total(masks) == round(0.8 * n)
+    assert all(not (masks[k] & ~earlier[k]).any() for k in earlier)
+
+
+@pytest.mark.parametrize("method", pruners.list_pruners())
 def test_prune_permanent_equals_prune_then_make_permanent(method):
     ours, ref = small_cnn(), small_cnn()
     pruners.prune(ours, "global_magnitude", 0.3)  # earlier masks must be honoured too
