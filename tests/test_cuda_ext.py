@@ -267,3 +267,25 @@ def test_mos_mix_and_its_gradients_match_the_formulas(backend, kind, neuron, act
                 torch.testing.assert_close(g, w, **tol)
         for g, w in zip(*grads, strict=True):
             torch.testing.assert_close(g, w, **tol)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mos_mix_on_a_layer_big_enough_to_split_across_threads(backend, threads):
+    g = torch.Generator().manual_seed(4)
+    m, out_max, in_max, d, hidden = 3, 512, 256, 7, 32
+    inputs = [torch.rand(d, generator=g), torch.randn(hidden, d, generator=g),
+              torch.randn(hidden, generator=g), torch.randn(m * out_max, hidden, generator=g) * 0.1,
+              torch.randn(m * out_max, generator=g), torch.randn(m, out_max, in_max, generator=g),
+              torch.randn(m, out_max, generator=g)]
+    inputs = [t.double().requires_grad_(i > 0) for i, t in enumerate(inputs)]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cuda_ext.mos_mix(*inputs, 300, 200, True)
+        grads = torch.autograd.grad(got[0].square().sum() + got[1].sum(), inputs[1:])
+    finally:
+        torch.set_num_threads(previous)
+    want = _mos_reference(*inputs, 300, 200, True)
+    ref = torch.autograd.grad(want[0].square().sum() + want[1].sum(), inputs[1:])
+    for a, b in zip([*got, *grads], [*want, *ref], strict=True):
+        torch.testing.assert_close(a, b)

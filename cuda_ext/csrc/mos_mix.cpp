@@ -9,6 +9,8 @@
 // also reduces the coefficient gradient. Other devices and dtypes run the same maths as ATen ops.
 #include "mos_mix.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -80,44 +82,51 @@ void route_backward(const T* f, const T* w2, const T* hidden, const T* coef, con
   }
 }
 
+// Rows of a stack per parallel task: about 32K elements, so small layers stay on one thread.
+int64_t row_grain(int64_t row_length) { return std::max<int64_t>(1, (int64_t{1} << 15) / row_length); }
+
 // mixed[r, c] = sum_k coef[k, r] * E[k, r, c] over the active block (r < o, c < i) of a
-// contiguous stack E (m, O, I).
+// contiguous stack E (m, O, I); parallel over output rows.
 template <typename T>
 __attribute__((target_clones("avx2", "default")))
 void mix_rows(const T* E, const T* coef, T* mixed, int64_t m, int64_t O, int64_t I, int64_t o,
               int64_t i, int64_t rows) {
-  for (int64_t r = 0; r < o; ++r) {
-    T* w = mixed + r * i;
-    for (int64_t k = 0; k < m; ++k) {
-      const T a = coef[k * rows + (rows > 1 ? r : 0)];
-      const T* e = E + (k * O + r) * I;
-      if (k == 0) {
+  at::parallel_for(0, o, row_grain(m * i), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      T* w = mixed + r * i;
+      for (int64_t k = 0; k < m; ++k) {
+        const T a = coef[k * rows + (rows > 1 ? r : 0)];
+        const T* e = E + (k * O + r) * I;
+        if (k == 0) {
 #pragma omp simd
-        for (int64_t c = 0; c < i; ++c) w[c] = a * e[c];
-      } else {
+          for (int64_t c = 0; c < i; ++c) w[c] = a * e[c];
+        } else {
 #pragma omp simd
-        for (int64_t c = 0; c < i; ++c) w[c] += a * e[c];
+          for (int64_t c = 0; c < i; ++c) w[c] += a * e[c];
+        }
       }
     }
-  }
+  });
 }
 
-// Backward of mix_rows in one pass: the whole expert gradient (zero outside the active block)
-// and grad_coef[k, r] += sum_c E[k, r, c] * grad[r, c] (summed over r for layer routing).
+// Backward of mix_rows in one pass over the stack, parallel over its (k, r) rows: the whole
+// expert gradient (zero outside the active block), and grad_coef[k, r] += sum_c E[k, r, c] *
+// grad[r, c] (summed over r for layer routing, in a fixed order whatever the thread count).
 template <typename T>
 __attribute__((target_clones("avx2", "default")))
 void mix_rows_backward(const T* E, const T* coef, const T* grad, T* grad_E, T* grad_coef,
                        int64_t m, int64_t O, int64_t I, int64_t o, int64_t i, int64_t rows) {
-  for (int64_t k = 0; k < m; ++k) {
-    for (int64_t r = 0; r < O; ++r) {
-      T* ge = grad_E + (k * O + r) * I;
+  std::vector<T> dots(m * O, T(0));
+  at::parallel_for(0, m * O, row_grain(I), [&](int64_t begin, int64_t end) {
+    for (int64_t kr = begin; kr < end; ++kr) {
+      const int64_t k = kr / O, r = kr % O;
+      T* ge = grad_E + kr * I;
       if (r >= o) {
         std::fill(ge, ge + I, T(0));
         continue;
       }
-      const int64_t slot = k * rows + (rows > 1 ? r : 0);
-      const T a = coef[slot];
-      const T* e = E + (k * O + r) * I;
+      const T a = coef[k * rows + (rows > 1 ? r : 0)];
+      const T* e = E + kr * I;
       const T* g = grad + r * i;
       T acc = 0;
 #pragma omp simd reduction(+ : acc)
@@ -126,8 +135,11 @@ void mix_rows_backward(const T* E, const T* coef, const T* grad, T* grad_E, T* g
         acc += e[c] * g[c];
       }
       std::fill(ge + i, ge + I, T(0));
-      grad_coef[slot] += acc;
+      dots[kr] = acc;
     }
+  });
+  for (int64_t k = 0; k < m; ++k) {
+    for (int64_t r = 0; r < o; ++r) grad_coef[k * rows + (rows > 1 ? r : 0)] += dots[k * O + r];
   }
 }
 
