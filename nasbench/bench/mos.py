@@ -180,6 +180,7 @@ def quality(opts: BenchOptions, family: str) -> dict[str, Any]:
         ref = np.array([scratch[label] for label, _ in archs])
         tau = kendalltau(inh, ref).statistic
         variants[variant] = {
+            **({} if variant == "plain" else {"routing": routing_stats(net, [a for _, a in archs])}),
             "inherited_acc": {k: round(v, 4) for k, v in inherited.items()},
             "mean_inherited_acc": round(float(inh.mean()), 4),
             "mean_abs_gap": round(float(np.abs(inh - ref).mean()), 4),
@@ -198,6 +199,34 @@ def quality(opts: BenchOptions, family: str) -> dict[str, Any]:
         "variants": variants,
         "target": "MoS mean_abs_gap < plain mean_abs_gap",
     }
+
+
+def routing_stats(net, archs) -> dict[str, float]:
+    """How arch-dependent the learned routing is, averaged over MoS layers: α's normalised
+    entropy (1 = uniform over experts, 0 = one expert) and the mean total-variation distance
+    between two archs' α (0 = every arch mixes the same way; neuron routing compares the
+    output rows both archs have)."""
+    import math
+    from itertools import combinations
+
+    import torch
+
+    from supernets.mos import mos_layers
+
+    per_arch = []
+    with torch.no_grad():
+        for arch in archs:
+            net.set_active(arch)
+            per_arch.append([m.mixing_coefficients().reshape(-1, m.num_experts).double()
+                             for m in mos_layers(net).values()])
+    m = next(iter(mos_layers(net).values())).num_experts
+    entropy = [float(-(a * a.clamp_min(1e-12).log()).sum(-1).mean() / math.log(m))
+               for alphas in per_arch for a in alphas] if m > 1 else [0.0]
+    distance = [float(0.5 * (a[:r] - b[:r]).abs().sum(-1).mean())
+                for x, y in combinations(per_arch, 2) for a, b in zip(x, y, strict=True)
+                for r in [min(len(a), len(b))]]
+    return {"alpha_entropy": round(sum(entropy) / len(entropy), 4),
+            "alpha_distance_between_archs": round(sum(distance) / max(1, len(distance)), 4)}
 
 
 def _summary(families: dict[str, Any]) -> dict[str, Any]:
