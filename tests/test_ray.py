@@ -218,6 +218,10 @@ def test_killed_worker_resumes_from_checkpoint_and_loses_nothing(head, two_worke
     def kill_rank1_after_epoch2(epoch: int, rank: int, resumed: bool) -> None:
         (marks / f"epoch{epoch}-rank{rank}-{'resumed' if resumed else 'first'}").touch()
         if epoch == 2 and rank == 1 and not resumed:
+            # Ray Train's controller collects reports when it polls the workers (every 2 s); a
+            # worker that dies before that poll takes its last reports along, and with them the
+            # epoch's checkpoint. Epochs here last a fraction of a second, so wait for a poll.
+            time.sleep(5)
             os.kill(os.getpid(), 9)
 
     rows = []
