@@ -1,9 +1,34 @@
 """nasbench: a workbench for neural architecture search and pruning.
 
-The front door: CLI, configs, datasets, run store, benchmarks. Notebooks use `load_run`.
+The front door for notebooks and scripts: `train`, `search`, `prune`, `quickstart`,
+`export`, `measure_latency`, `fit_latency` (each returns what it wrote) and `load_run`.
 """
 
-from nasbench.runs import load_run
+from nasbench.api import (
+    ExportResult,
+    LatencyFit,
+    export,
+    fit_latency,
+    measure_latency,
+    prune,
+    quickstart,
+    search,
+    train,
+)
+from nasbench.runs import Run, load_run
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_run"]
+__all__ = [
+    "ExportResult",
+    "LatencyFit",
+    "Run",
+    "__version__",
+    "export",
+    "fit_latency",
+    "load_run",
+    "measure_latency",
+    "prune",
+    "quickstart",
+    "search",
+    "train",
+]

@@ -9,17 +9,11 @@ from nasbench_core.errors import (
     UserError,
 )
 
-
-class NotBuiltError(UserError):
-    """A subcommand whose capability has not been built yet; it says so instead of pretending."""
-
-
 __all__ = [
     "ArchError",
     "CheckpointError",
     "ConfigError",
     "DataError",
-    "NotBuiltError",
     "RunError",
     "UserError",
 ]

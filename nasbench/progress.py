@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -44,3 +45,14 @@ def track(iterable: Iterable[T], description: str, total: int | None = None) -> 
         count += 1
         yield item
     print(f"{description}: {count} done in {time.perf_counter() - start:.1f}s", flush=True)
+
+
+@contextlib.contextmanager
+def quieted(quiet: bool) -> Iterator[None]:
+    """`quiet` for the duration of a call, then the previous setting (the Python API's quiet=)."""
+    previous = _settings["quiet"]
+    _settings["quiet"] = quiet or previous
+    try:
+        yield
+    finally:
+        _settings["quiet"] = previous

@@ -17,11 +17,25 @@ from pruners.masks import (
     save_masks,
     validate_masks,
 )
-from pruners.registry import get_pruner, list_pruners, prune, prune_permanent, register_pruner
+from pruners.registry import (
+    NEEDS,
+    PrunerEntry,
+    get_pruner,
+    list_pruners,
+    prune,
+    prune_permanent,
+    pruner_entry,
+    register_pruner,
+    validate_prune_options,
+)
 from pruners.report import sparsity_report
 from pruners.selection import Target, select_targets
 
 __all__ = [
+    "NEEDS",
+    "PrunerEntry",
+    "pruner_entry",
+    "validate_prune_options",
     "MaskKeeper",
     "PruneError",
     "Span",

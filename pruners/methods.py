@@ -26,7 +26,7 @@ def _global_magnitude(model: nn.Module, targets: Sequence[Target], k: int,
     return cuda_ext.iter_global_magnitude_masks([t.tensor.detach() for t in targets], k)
 
 
-@register_pruner("gradual_magnitude")
+@register_pruner("gradual_magnitude", needs=("finetune",))
 def _gradual(model: nn.Module, targets: Sequence[Target], k: int, steps: int = 10,
              initial_sparsity: float = 0.0, min_keep: int | float = 0,
              finetune: FinetuneFn | None = None) -> list[torch.Tensor]:
@@ -63,7 +63,7 @@ def _random(model: nn.Module, targets: Sequence[Target], k: int,
     return baselines.random_global(targets, k, seed)
 
 
-@register_pruner("lottery")
+@register_pruner("lottery", needs=("train_fn", "out_dir", "on_level"))
 def _lottery(model: nn.Module, targets: Sequence[Target], k: int, train_fn: TrainFn | None = None,
              fraction: float = 0.2, scope: str = "global", rewind: str = "0it",
              train: str = "1ep", out_dir: str | None = None,
@@ -78,7 +78,7 @@ def _lottery(model: nn.Module, targets: Sequence[Target], k: int, train_fn: Trai
             for t in targets]
 
 
-@register_pruner("layer_dp")
+@register_pruner("layer_dp", needs=("data",))
 def _layer_dp(model: nn.Module, targets: Sequence[Target], k: int,
               data: Any = None, example_input: torch.Tensor | None = None,
               num_samples: int = 1024, num_amounts: int = 101, budget_units: int = 4096,

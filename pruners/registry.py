@@ -9,7 +9,9 @@ selection patterns, method name, kwargs), so a bad request leaves the model unto
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -21,16 +23,36 @@ from pruners.masks import Masks, apply_masks, make_permanent
 from pruners.selection import Target, select_targets
 
 PrunerFn = Callable[..., Iterable[torch.Tensor]]
+NEEDS = ("data", "train_fn", "finetune", "out_dir", "example_input", "on_level")
+"""What a pruner may need besides plain options; code (a runner) supplies these, not a config."""
+
+
+@dataclass(frozen=True)
+class PrunerEntry:
+    """A registered pruner and what it declares: `meta["needs"]` names values from NEEDS."""
+
+    name: str
+    fn: PrunerFn
+    meta: Mapping[str, Any]
+
+
 _REGISTRY: dict[str, PrunerFn] = {}
+_ENTRIES: dict[str, PrunerEntry] = {}
 _SELECTION_KEYS = ("include_types", "exclude_types", "include", "exclude", "prune_first",
                    "prune_last")
 
 
-def register_pruner(name: str) -> Callable[[PrunerFn], PrunerFn]:
+def register_pruner(name: str, *, needs: Sequence[str] = ()) -> Callable[[PrunerFn], PrunerFn]:
+    """Register `fn` under `name`; `needs` are the NEEDS a caller must supply for it to work well."""
+    unknown = [n for n in needs if n not in NEEDS]
+    if unknown:
+        raise ValueError(f"pruner {name!r} declares unknown needs {unknown}; known: {NEEDS}")
+
     def deco(fn: PrunerFn) -> PrunerFn:
         if name in _REGISTRY:
             raise ValueError(f"pruner {name!r} registered twice")
         _REGISTRY[name] = fn
+        _ENTRIES[name] = PrunerEntry(name, fn, MappingProxyType({"needs": tuple(needs)}))
         return fn
 
     return deco
@@ -44,6 +66,26 @@ def get_pruner(name: str) -> PrunerFn:
     if name not in _REGISTRY:
         raise PruneError(f"unknown pruning method {name!r}; expected one of {list_pruners()}")
     return _REGISTRY[name]
+
+
+def pruner_entry(name: str) -> PrunerEntry:
+    get_pruner(name)
+    return _ENTRIES[name]
+
+
+def validate_prune_options(method: str, options: Mapping[str, Any], *, where: str = "kwargs") -> dict[str, Any]:
+    """Check a config's options for `method` before any work: the name, the option names, and
+    that none of them is a need (those come from code, e.g. a train_fn)."""
+    entry = pruner_entry(method)
+    given = [key for key in options if key in NEEDS]
+    if given:
+        raise PruneError(f"{where}.{given[0]}: {method!r} gets {given[0]!r} from the runner, not from a config")
+    plain = {k: v for k, v in options.items() if k not in _SELECTION_KEYS}
+    try:
+        _check_kwargs(method, entry.fn, plain)
+    except PruneError as exc:
+        raise PruneError(f"{where}: {exc}") from None
+    return dict(options)
 
 
 def check_sparsity(sparsity: Any) -> float:

@@ -2,16 +2,18 @@
 
 Columns: `arch_id`, `arch` (canonical JSON), one column per metric (units in the name), `source`,
 `device`, `seed`, `generation`, `timestamp`. Unmeasured values are NaN, never 0. The Parquet file
-carries metadata (metric directions and units, device, space fingerprint) so a reader can compute
-`is_pareto` itself; it is never stored as truth. `Evaluator` wraps the objectives and never
-re-evaluates an arch_id the table already has, which is what makes a search resumable.
+carries metadata (objectives, metric directions and units, device, space fingerprint) so a reader
+can compute `is_pareto` itself; it is never stored as truth. `Evaluator` wraps the objectives and
+never re-evaluates an arch_id the table already has, which is what makes a search resumable.
+
+Stored dtypes (`table_dtypes`, applied on every write and read): `timestamp` is
+datetime64[ns, UTC], the counts `params`/`macs` are int64 (nullable Int64 where one is missing).
 """
 
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,13 @@ from search.pareto import pareto_mask
 
 BASE_COLUMNS = ["arch_id", "arch"]
 TAIL_COLUMNS = ["source", "device", "seed", "generation", "timestamp"]
+COUNT_COLUMNS = ("params", "macs")
 METADATA_KEY = b"nasbench.evaluations"
 
 
 def empty_table(metrics: Sequence[str]) -> pd.DataFrame:
+    """The columns producers fill: metrics as float64 so NaN can mark a failed measurement, and
+    `timestamp` as epoch seconds (`time.time()`); `table_dtypes` gives the stored dtypes."""
     cols = {c: pd.Series(dtype="string") for c in BASE_COLUMNS}
     cols.update({m: pd.Series(dtype="float64") for m in metrics})
     cols.update({
@@ -40,45 +45,118 @@ def empty_table(metrics: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(cols)
 
 
-def table_metadata(objectives: Sequence[Objective], device: str, space_fingerprint: str) -> dict:
+def _utc_timestamps(values: pd.Series) -> pd.Series:
+    """UTC datetimes from what older tables hold: epoch seconds (float), ISO strings, or naive
+    or zoned datetimes."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        stamps = values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+    elif pd.api.types.is_numeric_dtype(values):
+        stamps = pd.to_datetime(values, unit="s", utc=True)
+    else:
+        stamps = pd.to_datetime(values, utc=True, format="ISO8601")
+    return stamps.dt.as_unit("ns")
+
+
+def _counts(values: pd.Series) -> pd.Series:
+    """int64, or nullable Int64 when a count is missing (never 0 for unmeasured); a column with
+    fractional values (a predicted count, say) stays float rather than being truncated."""
+    numbers = pd.to_numeric(values).astype("float64")
+    finite = numbers.dropna().to_numpy()
+    if not np.array_equal(finite, np.round(finite)):
+        return numbers
+    return numbers.astype("Int64" if numbers.isna().any() else "int64")
+
+
+def table_dtypes(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `df` in the stored dtypes: the one place tables are normalised, so files
+    written by older versions (string or float timestamps, float counts) read the same."""
+    out = df.copy()
+    if "timestamp" in out.columns:
+        out["timestamp"] = _utc_timestamps(out["timestamp"])
+    for column in COUNT_COLUMNS:
+        if column in out.columns:
+            out[column] = _counts(out[column])
+    return out
+
+
+def table_metadata(objectives: Sequence[Objective], device: str, space_fingerprint: str,
+                   extra: Sequence[Objective] = ()) -> dict:
+    """`objectives` are what the front is over; `extra` metrics (measured for constraints only)
+    get directions and units too, so a resumed search can check it measures the same things."""
+    metrics = [*objectives, *extra]
     return {
-        "directions": {o.name: o.direction for o in objectives},
-        "units": {o.name: o.unit for o in objectives},
-        "sources": {o.name: o.source for o in objectives},
+        "objectives": [o.name for o in objectives],
+        "directions": {o.name: o.direction for o in metrics},
+        "units": {o.name: o.unit for o in metrics},
+        "sources": {o.name: o.source for o in metrics},
         "device": device,
         "space_fingerprint": space_fingerprint,
     }
 
 
+def objective_directions(metadata: Mapping, objectives: Sequence[str] | None = None) -> dict[str, str]:
+    """Directions of the objectives in `metadata` (metrics measured only for constraints are not
+    objectives). Files without an `objectives` entry fall back to `objectives` (e.g. the run's
+    config), else to every column with a direction."""
+    directions = metadata.get("directions", {})
+    names = metadata.get("objectives") or objectives or list(directions)
+    return {name: directions[name] for name in names if name in directions}
+
+
 def write_table(path: str | Path, df: pd.DataFrame, metadata: dict) -> None:
-    """Atomic Parquet write with `metadata` stored as JSON in the file's schema metadata."""
+    """Atomic Parquet write in the stored dtypes, with `metadata` as JSON in the schema metadata;
+    `is_pareto` is dropped: readers compute it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(df.drop(columns=["is_pareto"], errors="ignore"),
-                                 preserve_index=False)
+    stored = table_dtypes(df.drop(columns=["is_pareto"], errors="ignore"))
+    table = pa.Table.from_pandas(stored, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[METADATA_KEY] = json.dumps(metadata).encode()
     with atomic_path(path) as tmp:
         pq.write_table(table.replace_schema_metadata(meta), tmp)
 
 
+def _nasbench_metadata(schema) -> dict:
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The nasbench metadata of a table ({} if it has none), without reading its rows."""
+    import pyarrow.parquet as pq
+
+    return _nasbench_metadata(pq.read_schema(path))
+
+
 def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
-    """The table and its nasbench metadata ({} if the file has none)."""
+    """The table in the stored dtypes and its nasbench metadata ({} if the file has none).
+
+    A stored `is_pareto` (older files) is dropped, not trusted; `df.attrs["units"]` carries the
+    metadata's units so plots can label axes.
+    """
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
         raise RunError(f"evaluations table {path} does not exist")
     table = pq.read_table(path)
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
-    return table.to_pandas(), (json.loads(raw) if raw else {})
+    metadata = _nasbench_metadata(table.schema)
+    df = table_dtypes(table.to_pandas().drop(columns=["is_pareto"], errors="ignore"))
+    df.attrs["units"] = dict(metadata.get("units", {}))
+    return df, metadata
 
 
-def with_pareto(df: pd.DataFrame, directions: dict[str, str]) -> pd.DataFrame:
-    """A copy of `df` with a computed boolean `is_pareto` column."""
+def with_pareto(df: pd.DataFrame, directions: Mapping[str, str],
+                feasible: np.ndarray | None = None) -> pd.DataFrame:
+    """A copy of `df` with a computed boolean `is_pareto` column: the front of the `feasible`
+    rows (all rows by default), so a row violating a constraint is never on it."""
+    ok = np.ones(len(df), dtype=bool) if feasible is None else np.asarray(feasible, dtype=bool)
+    mask = np.zeros(len(df), dtype=bool)
+    if ok.any():
+        mask[ok] = pareto_mask(df[ok], directions)
     out = df.copy()
-    out["is_pareto"] = pareto_mask(out, directions) if len(out) else np.zeros(0, dtype=bool)
+    out["is_pareto"] = mask
     return out
 
 
@@ -114,10 +192,9 @@ class Evaluator:
         self.budget = budget
         self.on_update = on_update
         self.n_new = 0
-        base = empty_table([m.name for m in self.metrics]) if table is None else table.copy()
-        for m in self.metrics:
-            if m.name not in base.columns:
-                base[m.name] = np.nan
+        base = table_dtypes(empty_table([m.name for m in self.metrics]) if table is None else table)
+        for m in self.metrics:  # floats while searching: NaN marks an unmeasured value
+            base[m.name] = base[m.name].astype("float64") if m.name in base.columns else np.nan
         self._columns = list(base.columns)
         self._dtypes = base.dtypes.to_dict()
         self._records: list[dict] = base.to_dict("records")
@@ -137,7 +214,8 @@ class Evaluator:
         return np.inf if self.budget is None else self.budget - self.n_new
 
     def metadata(self) -> dict:
-        return table_metadata(self.metrics, self.device, self.space.fingerprint())
+        extra = self.metrics[len(self.objectives):]
+        return table_metadata(self.objectives, self.device, self.space.fingerprint(), extra)
 
     def has(self, arch: dict) -> bool:
         return self.space.arch_id(arch) in self._rows
@@ -182,7 +260,7 @@ class Evaluator:
             "device": self.device,
             "seed": self.seed,
             "generation": generation,
-            "timestamp": time.time(),
+            "timestamp": pd.Timestamp.now(tz="UTC"),
         }
 
     def _append(self, rows: list[dict]) -> None:

@@ -3,6 +3,7 @@
 Both work on a DataFrame (directions as `{column: "min"|"max"}`) or an array (directions as a
 sequence aligned with its columns). Maximised objectives are negated so pymoo, which only
 minimises, sees one convention. Rows with a NaN objective are never on the front.
+`plot_front` draws a table's front as a staircase on a matplotlib Axes.
 """
 
 from __future__ import annotations
@@ -89,38 +90,87 @@ def hypervolume(
     return float(HV(ref_point=r)(pts))
 
 
-def plot_front(df: Any, x: str, y: str, directions: Mapping[str, str], path: Any,
-               title: str = "", feasible: np.ndarray | None = None) -> None:
-    """Scatter every evaluation on (x, y) with the Pareto front of `directions` highlighted.
+# -- plotting ---------------------------------------------------------------------------------
+_LABELS = {
+    "top1": "top-1 accuracy", "top1_pred": "predicted top-1 accuracy",
+    "latency_ms": "latency", "latency_ms_pred": "predicted latency",
+    "macs": "MACs", "params": "params",
+}
+# stored unit -> (unit shown on the axis, factor from stored to shown values)
+_SHOWN = {"fraction": ("%", 100.0), "MACs": ("M", 1e-6), "count": ("M", 1e-6)}
 
-    With a `feasible` mask, infeasible rows are drawn as crosses and the front is that of the
-    feasible rows, the same rows `pareto.parquet` holds.
+
+def _unit(column: str, units: Mapping[str, str]) -> str:
+    """The stored unit: from the table metadata, else the registered objective of that name."""
+    from search.objectives import list_objectives, objective_kind
+
+    if units.get(column):
+        return units[column]
+    return objective_kind(column).unit if column in list_objectives() else ""
+
+
+def axis_label(column: str, units: Mapping[str, str] | None = None) -> tuple[str, float]:
+    """The axis label with its display unit, and the factor turning stored values into shown
+    ones (fractions become %, MAC and parameter counts millions)."""
+    unit = _unit(column, units or {})
+    shown, factor = _SHOWN.get(unit, (unit, 1.0))
+    name = _LABELS.get(column, column)
+    return (f"{name} ({shown})" if shown else name), factor
+
+
+def _plot_columns(directions: Mapping[str, str], x: str | None, y: str | None) -> tuple[str, str]:
+    """Cost on x and quality on y (first `min`, first `max`), else the first two objectives."""
+    names = list(directions)
+    if not names:
+        raise UserError("nothing to plot: no objective directions")
+    mins = [n for n in names if directions[n] == "min"]
+    maxs = [n for n in names if directions[n] == "max"]
+    default = (mins[0], maxs[0]) if mins and maxs else tuple((names * 2)[:2])
+    x, y = x or default[0], y or default[1]
+    for column in (x, y):
+        if column not in directions:
+            raise UserError(f"plot axis {column!r} is not an objective; objectives: {', '.join(names)}")
+    return x, y
+
+
+def plot_front(df: Any, directions: Mapping[str, str], ax: Any = None, *, x: str | None = None,
+               y: str | None = None, feasible: np.ndarray | None = None,
+               title: str | None = None) -> Any:
+    """Scatter every row of `df` on (x, y) and draw the Pareto front of the feasible rows as a
+    staircase, so the region the front attains (dominates) is visible; returns the Axes.
+
+    Infeasible rows (`feasible` False) are crosses and never on the front. The front is the 2-D
+    front of (x, y). Units come from `df.attrs["units"]` (set by `read_table`), else from the
+    objective registry by column name. Draws on `ax`, or on a new `plt.subplots` figure; never
+    shows or saves, so a caller decides (`ax.figure.savefig(path)`).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from nasbench_core.atomic import atomic_path
-
+    x, y = _plot_columns(directions, x, y)
     ok = np.ones(len(df), dtype=bool) if feasible is None else np.asarray(feasible, dtype=bool)
-    mask = np.zeros(len(df), dtype=bool)
+    front = np.zeros(len(df), dtype=bool)
     if ok.any():
-        mask[np.flatnonzero(ok)] = pareto_mask(df[ok], directions)
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+        front[ok] = pareto_mask(df[ok], {x: directions[x], y: directions[y]})
+    units = getattr(df, "attrs", {}).get("units", {})
+    (x_label, x_factor), (y_label, y_factor) = axis_label(x, units), axis_label(y, units)
+    xs = np.asarray(df[x], dtype=float) * x_factor
+    ys = np.asarray(df[y], dtype=float) * y_factor
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4.5))
     label = "evaluated" if feasible is None else "feasible"
-    ax.scatter(df[x][ok], df[y][ok], s=12, c="0.6", label=f"{label} ({int(ok.sum())})")
+    ax.scatter(xs[ok], ys[ok], s=12, c="0.6", label=f"{label} ({int(ok.sum())})")
     if not ok.all():
-        ax.scatter(df[x][~ok], df[y][~ok], s=12, c="0.8", marker="x",
+        ax.scatter(xs[~ok], ys[~ok], s=14, c="0.75", marker="x",
                    label=f"violates constraints ({int((~ok).sum())})")
-    front = df[mask].sort_values(x)
-    ax.plot(front[x], front[y], "o-", color="C3", ms=5, label=f"Pareto front ({len(front)})")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(title)
+    order = np.argsort(xs[front], kind="stable")
+    # A minimised x keeps each front point's y until the next point ("post"); a maximised x
+    # reaches back to the previous point ("pre"): either way the steps bound the dominated region.
+    ax.step(xs[front][order], ys[front][order], where="post" if directions[x] == "min" else "pre",
+            marker="o", ms=5, color="C3", label=f"Pareto front ({int(front.sum())})")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if title:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    return ax

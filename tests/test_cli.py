@@ -86,11 +86,11 @@ def test_bad_set(cli, override, needle):
 
 
 def test_set_values_are_typed(tmp_path):
-    from nasbench.commands.quickstart import QuickstartConfig
-    from nasbench.config import load_config
+    from nasbench.runners.config import resolve
+    from nasbench.runners.quickstart import QuickstartConfig
 
-    cfg = load_config(QuickstartConfig, None,
-                      ["epochs=3", "prune_sparsity=0.25", "data.augment=true", "run.name=x"])
+    cfg = resolve(QuickstartConfig, None,
+                  cli_overrides=["epochs=3", "prune_sparsity=0.25", "data.augment=true", "run.name=x"])
     assert (cfg.epochs, cfg.prune_sparsity, cfg.data.augment, cfg.run.name) == (3, 0.25, True, "x")
 
 

@@ -1,4 +1,4 @@
-"""`nasbench export` and `nasbench.export.export_onnx`: verified ONNX, clear errors."""
+"""`nasbench export` and `nasbench.onnx_export.export_onnx`: verified ONNX, clear errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasbench.export import ExportMismatchError, export_onnx
+from nasbench.onnx_export import ExportMismatchError, export_onnx
 from nasbench.runs import load_run, start_run
 from search.evaluations import write_table
 from supernets.space import SearchSpace
@@ -60,7 +60,7 @@ def fake_search_run(tmp_path):
 
 
 def test_choose_row_picks_most_accurate_meeting_constraint(fake_search_run):
-    from nasbench.commands.export import choose_row
+    from nasbench.runners.export import choose_row
     from search.evaluations import read_table
 
     path, df = fake_search_run
@@ -109,7 +109,7 @@ def test_search_then_export_roundtrip(cli, tmp_path):
     assert manifest["exports"][aid]["max_abs_diff"] <= 1e-4
 
     # The exported subnet is a model `nasbench prune` takes as it is.
-    from nasbench.commands.export import load_exported_subnet
+    from nasbench.runners.export import load_exported_subnet
 
     subnet = load_exported_subnet(run.path, aid)
     session = ort.InferenceSession(str(run.path / "subnets" / f"{aid}.onnx"),

@@ -52,8 +52,8 @@ def test_measure_rejects_unknown_settings(cli, tmp_path):
 
 
 def test_measure_rebuilds_the_supernet_of_a_train_run(tmp_path):
-    from nasbench.commands.latency import SupernetSection, _build_supernet
     from nasbench.errors import RunError
+    from nasbench.runners.latency import SupernetSection, _build_supernet
 
     run = tmp_path / "train-run"
     run.mkdir()

@@ -81,10 +81,17 @@ def test_bad_direction_and_missing_column_are_user_errors() -> None:
         pareto_mask(pd.DataFrame({"top1": [1.0]}), {"macs": "min"})
 
 
-def test_plot_front_writes_png(tmp_path) -> None:
+def test_plot_front_draws_on_an_axes_the_caller_saves(tmp_path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     from search import plot_front
 
     df = pd.DataFrame({"top1": [0.9, 0.5, 0.4], "latency_ms": [4.0, 1.0, 3.0]})
-    plot_front(df, "latency_ms", "top1", {"top1": "max", "latency_ms": "min"},
-               tmp_path / "p.png", feasible=np.array([True, True, False]))
+    ax = plot_front(df, {"top1": "max", "latency_ms": "min"}, feasible=np.array([True, True, False]))
+    assert ax.get_xlabel() == "latency (ms)" and ax.get_ylabel() == "top-1 accuracy (%)"
+    ax.figure.savefig(tmp_path / "p.png")
+    plt.close(ax.figure)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,6 +21,6 @@ def test_quickstart_runs_the_whole_pipeline(cli, tmp_path):
     assert len(search.evaluations) == 8 and not search.pareto.empty
     assert (search.path / summary["exported"]).exists()
     assert summary["prune"]["sparsity"] == pytest.approx(0.5, abs=0.01)
-    assert 0.0 <= summary["prune"]["top1_finetuned"] <= 1.0
+    assert 0.0 <= summary["prune"]["acc_finetuned"] <= 1.0
     assert (run.path / "prune" / "pruned.onnx").exists()
     assert "Open next" in result.out

@@ -136,7 +136,7 @@ def test_table_schema_and_parquet_metadata(tmp_path) -> None:
     write_table(path, with_pareto(ev.df, ev.directions), ev.metadata())
     df, meta = read_table(path)
     assert "is_pareto" not in df.columns  # computed on read, never stored as truth
-    assert meta == {"directions": {"top1": "max", "macs": "min"},
+    assert meta == {"objectives": ["top1", "macs"], "directions": {"top1": "max", "macs": "min"},
                     "units": {"top1": "fraction", "macs": "MACs"},
                     "sources": {"top1": "measured", "macs": "measured"},
                     "device": "cpu", "space_fingerprint": SPACE.fingerprint()}

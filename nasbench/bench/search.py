@@ -26,8 +26,8 @@ OPTIMIZERS = ["nsga2", "linas", "optuna", "random"]
 
 def _supernet_run(opts: BenchOptions) -> Path:
     """A trained tiny mbv3-on-digits run: given, cached from a previous bench, or trained now."""
-    from nasbench.commands.train import TrainConfig, run_training
-    from nasbench.config import load_config
+    from nasbench.runners import train
+    from nasbench.runners.config import resolve
     from nasbench.runs import load_run
     from nasbench_core.errors import RunError
 
@@ -43,9 +43,9 @@ def _supernet_run(opts: BenchOptions) -> Path:
     overrides = [f"run.root={opts.out_dir}", f"run.name={name}", "device=cpu"]
     if opts.quick:
         overrides += ["train.epochs=1", "train.max_steps_per_epoch=5", "train.warmup_epochs=0"]
-    cfg = load_config(TrainConfig, Path(__file__).parents[2] / "examples/train_mbv3_digits.yaml",
-                      overrides)
-    return run_training(cfg, resume=path if path.exists() else None)
+    cfg = resolve(train.TrainConfig, Path(__file__).parents[2] / "examples/train_mbv3_digits.yaml",
+                  cli_overrides=overrides)
+    return train.run(cfg, resume=path if path.exists() else None).path
 
 
 class Timed:
@@ -100,10 +100,10 @@ class DiskCache:
 
 def _quality_objectives(run_path: Path, bn_batches: int, cache: DiskCache):
     import search
-    from nasbench.commands.search import SearchConfig, load_search_supernet
+    from nasbench.runners.search import SearchConfig, load_supernet
 
     cfg = SearchConfig.model_validate({"supernet": {"run": str(run_path)}})
-    net, data, info = load_search_supernet(cfg, "cpu")
+    net, data, info = load_supernet(cfg, "cpu")
     ctx = search.ObjectiveContext(
         supernet=net, calib_loader=list(islice(data.train_loader, bn_batches)),
         val_loader=list(data.val_loader), bn_batches=bn_batches,

@@ -1,4 +1,4 @@
-"""`nasbench bench NAME | --list`: run a registered benchmark, write results/bench/NAME.json."""
+"""`nasbench bench NAME | --list`: run a registered benchmark, write $NASBENCH_RESULTS/bench/NAME.json."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ def command(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     seed: int = typer.Option(0, "--seed"),
     overrides: list[str] = SET_OPTION,
-    out_dir: Path = typer.Option(Path("results/bench"), "--out-dir"),
+    out_dir: Path | None = typer.Option(None, "--out-dir",
+                                        help="[default: $NASBENCH_RESULTS/bench, else results/bench]"),
 ) -> None:
     """Benchmarks compare us against a named peer in one run and report ratios."""
     from nasbench.bench.registry import BenchOptions, list_benchmarks, run_benchmark
+    from nasbench.config.sections import default_results_root
 
     if list_ or name is None:
         for bench in list_benchmarks():
@@ -33,6 +35,7 @@ def command(
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"--device {device!r}: expected cpu or cuda")
     params = {".".join(parts): value for parts, value in parse_overrides(overrides)}
+    out_dir = default_results_root() / "bench" if out_dir is None else out_dir
     opts = BenchOptions(device=device, quick=quick, seed=seed, params=params, out_dir=out_dir)
     report, target = run_benchmark(name, opts)
     print(json.dumps(report["figures"], indent=2, default=str))

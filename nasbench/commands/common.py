@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
-
-from nasbench.errors import NotBuiltError
 
 CONFIG_ARGUMENT = typer.Argument(
     None, help="YAML config file (defaults apply when omitted).", show_default=False
@@ -20,10 +16,3 @@ RESUME_OPTION = typer.Option(
 )
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars, minimal output.")
 
-
-def not_built(command: str, issue: str) -> NotBuiltError:
-    """The error a subcommand raises until its capability exists."""
-    return NotBuiltError(f"`nasbench {command}` is not built yet ({issue}); nothing was run")
-
-
-OptionalPath = Path | None

@@ -1,61 +1,10 @@
-"""`nasbench search CONFIG`: multi-objective search over a supernet, written to a run.
-
-The run gets `evaluations.parquet` (rewritten atomically after every batch, so a killed search
-resumes with `--resume RUN_DIR` without re-measuring anything), `pareto.parquet` and
-`pareto.png`. The supernet comes from a `nasbench train` run (or a checkpoint); an untrained
-supernet (`supernet: {family, preset}`) is allowed to try the pipeline and labelled as such.
-"""
+"""`nasbench search CONFIG [--set k=v] [--resume RUN]`: the search runner from the shell."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from pydantic import Field, model_validator
 
 from nasbench.commands.common import CONFIG_ARGUMENT, QUIET_OPTION, RESUME_OPTION, SET_OPTION
-from nasbench.config import DataConfig, RunConfig, StrictModel
-
-
-class SupernetSource(StrictModel):
-    """Either `run` (a train run dir, its checkpoints dir, or a checkpoint) or `family`."""
-
-    run: Path | None = None
-    family: str | None = None
-    preset: str = "tiny"
-    width_mult: float = 1.0
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SupernetSource:
-        if (self.run is None) == (self.family is None):
-            raise ValueError("give exactly one of supernet.run (trained) or supernet.family")
-        return self
-
-
-class EvaluationConfig(StrictModel):
-    """How true evaluations are done: device, BN recalibration and validation subset sizes."""
-
-    device: str = "cpu"
-    bn_batches: int = Field(default=4, ge=1)
-    val_batches: int | None = Field(default=None, ge=1)
-
-
-class OptimizerConfig(StrictModel):
-    name: str = "nsga2"
-    settings: dict[str, Any] = Field(default_factory=dict)
-
-
-class SearchConfig(StrictModel):
-    supernet: SupernetSource = Field(default_factory=lambda: SupernetSource(family="mbv3"))
-    data: DataConfig | None = None
-    objectives: list[str] = Field(default_factory=lambda: ["top1", "macs"], min_length=1)
-    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    budget: int = Field(default=100, ge=1)
-    constraints: list[str] = Field(default_factory=list)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    latency: dict[str, Any] = Field(default_factory=dict)
-    predictors: dict[str, Path] = Field(default_factory=dict)
-    run: RunConfig = Field(default_factory=RunConfig)
 
 
 def command(
@@ -65,169 +14,13 @@ def command(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Search a supernet for Pareto-optimal subnets; writes evaluations, pareto table and plot."""
-    from nasbench.config import load_config
     from nasbench.progress import set_quiet
+    from nasbench.runners import search
+    from nasbench.runners.config import resolve
+    from nasbench.runs import load_run
 
     set_quiet(quiet)
-    if resume is not None and config is None:
-        config = _resume_config(resume)
-    cfg = load_config(SearchConfig, config, overrides)
-    run_search(cfg, resume=resume)
-
-
-def _resume_config(run_dir: Path) -> Path:
-    from nasbench.runs import load_run
-
-    return load_run(run_dir).path / "config.yaml"
-
-
-def load_search_supernet(cfg: SearchConfig, device: str):
-    """(net, data bundle, description) for the config's supernet and data."""
-    import supernets
-    from nasbench.data import load_dataset
-    from nasbench.runs import load_run
-    from supernets.checkpoint import load_supernet
-
-    source = cfg.supernet
-    data_cfg = cfg.data
-    if source.run is not None:
-        path = source.run
-        if (path / "manifest.json").exists():
-            train_run = load_run(path)
-            if data_cfg is None and "data" in train_run.config:
-                data_cfg = DataConfig.model_validate(train_run.config["data"])
-            path = train_run.path / "checkpoints"
-        net, meta = load_supernet(path, device=device)
-        info = {"trained": True, "checkpoint": str(path), "epoch": meta.get("epoch")}
-    data_cfg = data_cfg or DataConfig()
-    data = load_dataset(data_cfg, seed=cfg.run.seed)
-    if source.family is not None:
-        net = supernets.create(source.family, preset=source.preset, width_mult=source.width_mult,
-                               num_classes=data.num_classes, in_chans=data.in_chans).to(device)
-        info = {"trained": False, "family": source.family, "preset": source.preset}
-    if data_cfg.resolution is None and "resolution" in net.space:
-        # As in training: feed the largest resolution, smaller archs downsample it.
-        largest = int(net.space.largest()["resolution"])
-        data = load_dataset(data_cfg.model_copy(update={"resolution": largest}),
-                            seed=cfg.run.seed)
-    return net, data, info
-
-
-def run_search(cfg: SearchConfig, resume: Path | None = None) -> Path:
-    import search
-    from nasbench.progress import echo
-    from nasbench.runs import start_run
-    from nasbench_core.seeding import seed_everything
-    from search.evaluations import check_compatible, read_table, with_pareto, write_table
-
-    for name in cfg.objectives:
-        search.objectives.objective_kind(name)
-    constraints = [search.parse_constraint(c, search.list_objectives()) for c in cfg.constraints]
-    optimizer = search.create_optimizer(cfg.optimizer.name, **cfg.optimizer.settings)
-    device = _device_key(cfg, cfg.objectives + [c.column for c in constraints])
-    seed_everything(cfg.run.seed)
-    net, data, info = load_search_supernet(cfg, cfg.evaluation.device)
-    if not info["trained"]:
-        echo(f"warning: searching an UNTRAINED {info['family']} supernet (preset "
-             f"{info['preset']}): accuracies only exercise the pipeline")
-    ctx = search.ObjectiveContext(
-        supernet=net, calib_loader=data.train_loader, val_loader=data.val_loader,
-        device=cfg.evaluation.device,
-        bn_batches=cfg.evaluation.bn_batches, val_batches=cfg.evaluation.val_batches,
-        input_shape=(data.in_chans, data.resolution, data.resolution), latency=cfg.latency,
-        predictors=_load_predictors(cfg, net.space, device),
-    )
-    objectives = search.make_objectives(cfg.objectives, ctx)
-    extra_names = [c.column for c in constraints if c.column not in cfg.objectives]
-    extra = search.make_objectives(list(dict.fromkeys(extra_names)), ctx)
-
-    with start_run("search", cfg.model_dump(mode="json"), cfg.run.seed, root=cfg.run.root,
-                   name=cfg.run.name, resume=resume) as run:
-        table_path = run.path / "evaluations.parquet"
-        table = None
-        if table_path.exists():
-            table, meta = read_table(table_path)
-            check_compatible(meta, space_fingerprint=net.space.fingerprint(), device=device,
-                             metrics=[m.name for m in objectives + extra])
-        done = 0 if table is None else len(table)
-        run.update_manifest(supernet=info, space_fingerprint=net.space.fingerprint())
-
-        shown = [done]
-
-        def persist(df) -> None:
-            write_table(table_path, df, evaluator.metadata())
-            count = evaluator.n_new + done
-            if count - shown[0] >= 10 or count == cfg.budget:
-                shown[0] = count
-                echo(f"evaluated {count}/{cfg.budget}")
-
-        evaluator = search.Evaluator(net.space, objectives, extra=extra, table=table,
-                                     device=device, seed=cfg.run.seed,
-                                     budget=max(0, cfg.budget - done), on_update=persist)
-        problem = search.SearchProblem(evaluator, constraints)
-        optimizer.run(problem, seed=cfg.run.seed, workdir=run.path)
-
-        df = evaluator.df
-        feasible = search.feasible_mask(df, constraints)
-        front = with_pareto(df[feasible], evaluator.directions)
-        front = front[front["is_pareto"]].reset_index(drop=True)
-        write_table(table_path, df, evaluator.metadata())
-        write_table(run.path / "pareto.parquet", front, evaluator.metadata())
-        x, y = _plot_axes(objectives)
-        title = f"{cfg.optimizer.name}, {len(df)} evaluations"
-        if not info["trained"]:
-            title += " (UNTRAINED supernet)"
-        search.pareto.plot_front(df, x, y, {x: evaluator.directions[x],
-                                            y: evaluator.directions[y]},
-                                 run.path / "pareto.png", title, feasible=feasible)
-        run.update_manifest(evaluations=len(df), pareto=len(front), feasible=int(feasible.sum()))
-        echo(f"{len(df)} evaluations, {len(front)} on the Pareto front -> {run.path}")
-        return run.path
-
-
-def _plot_axes(objectives) -> tuple[str, str]:
-    """Cost on x, quality on y when there is one of each; else the first two objectives."""
-    names = [o.name for o in objectives]
-    if len(names) == 1:
-        return names[0], names[0]
-    maxs = [o.name for o in objectives if o.direction == "max"]
-    mins = [o.name for o in objectives if o.direction == "min"]
-    if maxs and mins:
-        return mins[0], maxs[0]
-    return names[0], names[1]
-
-
-def _device_key(cfg: SearchConfig, columns: list[str]) -> str:
-    """The table's `device`: the latency device key (hardware, backend, batch, threads) when
-    latency is measured or predicted, so tables and predictors of other devices are refused."""
-    import dataclasses
-
-    from nasbench.errors import ConfigError
-    from search.latency import LatencySettings
-
-    if not set(columns) & {"latency_ms", "latency_ms_pred"}:
-        return cfg.evaluation.device
-    known = [f.name for f in dataclasses.fields(LatencySettings) if f.name != "device"]
-    bad = [k for k in cfg.latency if k not in known]
-    if bad:
-        raise ConfigError(f"latency: unknown setting {bad[0]!r}; allowed: {', '.join(known)}")
-    settings = LatencySettings(device=cfg.evaluation.device, **cfg.latency).resolve()
-    return settings.device_info().key
-
-
-def _load_predictors(cfg: SearchConfig, space, device: str) -> dict[str, Any]:
-    """Fitted predictors for `*_pred` objectives, refitted from their saved tables (no pickle);
-    a latency predictor fitted on another device or space is refused."""
-    from search.latency import LatencyPredictor
-    from search.predictors import AccuracyPredictor
-    from search.predictors.base import PredictorError
-
-    out = {}
-    for name, path in cfg.predictors.items():
-        if name not in ("latency_ms_pred", "top1_pred"):
-            raise PredictorError(f"predictors.{name}: only latency_ms_pred and top1_pred exist")
-        if name == "latency_ms_pred":
-            out[name] = LatencyPredictor.load(path, space, device=device)
-        else:
-            out[name] = AccuracyPredictor.load(path, space)
-    return out
+    if resume is not None:
+        resume = load_run(resume).path
+        config = config or resume / "config.yaml"
+    search.run(resolve(search.SearchConfig, config, cli_overrides=overrides), resume=resume)

@@ -1,53 +1,10 @@
-"""`nasbench train CONFIG`: train a weight-sharing supernet into a run directory.
-
-The run gets `config.yaml`, `manifest.json`, `metrics.csv` (one row per epoch: per-member
-losses, val accuracy of the smallest and largest subnet, lr, images/s) and
-`checkpoints/epoch_NNNN.{safetensors,optim.safetensors,json}`. `--resume RUN_DIR` continues
-from the run's newest checkpoint with the run's own config.
-"""
+"""`nasbench train CONFIG [--set k=v] [--resume RUN]`: the train runner from the shell."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import Field
 
 from nasbench.commands.common import CONFIG_ARGUMENT, QUIET_OPTION, RESUME_OPTION, SET_OPTION
-from nasbench.config import DataConfig, RunConfig, StrictModel, load_config
-from nasbench.errors import ConfigError, NotBuiltError
-
-
-class SupernetSection(StrictModel):
-    """Which supernet: a registered family, its preset and width, extra family kwargs, MoS."""
-
-    family: str = "mbv3"
-    preset: str = "tiny"
-    width_mult: float = Field(default=1.0, gt=0)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    mos: dict[str, Any] | None = None
-
-
-class RaySection(StrictModel):
-    """`runner: ray`: Ray Train workers (DDP); `data.batch_size` is per worker."""
-
-    num_workers: int = Field(default=2, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(default=1.0, gt=0)
-    max_failures: int = Field(default=0, ge=-1)
-    address: str | None = None
-
-
-class TrainConfig(StrictModel):
-    run: RunConfig = RunConfig()
-    data: DataConfig = DataConfig()
-    supernet: SupernetSection = SupernetSection()
-    train: dict[str, Any] = Field(default_factory=dict)
-    device: str = "auto"
-    runner: Literal["local", "ray"] = "local"
-    ray: RaySection = RaySection()
 
 
 def command(
@@ -58,162 +15,12 @@ def command(
 ) -> None:
     """Train a supernet with the BigNAS sandwich rule (or uniform sampling); see examples/."""
     from nasbench.progress import set_quiet
+    from nasbench.runners import train
+    from nasbench.runners.config import resolve
+    from nasbench.runs import load_run
 
     set_quiet(quiet)
-    if config is None and resume is not None:
-        config = Path(resume) / "config.yaml"
-    cfg = load_config(TrainConfig, config, overrides)
-    run_training(cfg, source=str(config or "defaults"), resume=resume)
-
-
-def run_training(cfg: TrainConfig, *, source: str = "config", resume: Path | None = None) -> Path:
-    """Build data and supernet from `cfg`, train locally or on Ray; returns the run directory."""
-    import supernets
-    from nasbench.data import load_dataset
-    from nasbench.progress import echo
-    from nasbench.runs import start_run
-    from nasbench_core.seeding import seed_everything
-    from supernets.train import TrainHParams
-
-    try:
-        hparams = TrainHParams.from_dict(cfg.train, prefix="train.")
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    device = _device(cfg.device, source)
-    seed = cfg.run.seed
-    seed_everything(seed)
-    bundle = load_dataset(cfg.data, seed=seed)
-    net = supernets.create(
-        cfg.supernet.family, num_classes=bundle.num_classes, in_chans=bundle.in_chans,
-        width_mult=cfg.supernet.width_mult, preset=cfg.supernet.preset, mos=cfg.supernet.mos,
-        **cfg.supernet.kwargs,
-    )
-    data_cfg = cfg.data
-    if data_cfg.resolution is None and "resolution" in net.space:
-        # Feed the largest resolution; smaller archs downsample it (prepare_input).
-        largest = int(net.space.largest()["resolution"])
-        data_cfg = data_cfg.model_copy(update={"resolution": largest})
-        if bundle.resolution != largest:
-            bundle = load_dataset(data_cfg, seed=seed)
-
-    with start_run("train", cfg.model_dump(mode="json"), seed, root=cfg.run.root,
-                   name=cfg.run.name, resume=resume) as run:
-        run.update_manifest(
-            supernet=net.build_config(), space_fingerprint=net.space.fingerprint(),
-            space_cardinality=net.space.cardinality, hparams=hparams.to_dict(),
-        )
-        total = hparams.epochs
-
-        def log(row: dict[str, Any]) -> None:
-            run.log_metrics(row)
-            echo(_summary(row, total))
-
-        if cfg.runner == "ray":
-            history = _train_ray(cfg, run.path, net, data_cfg, hparams, log)
-        else:
-            history = _train_local(net, bundle, hparams, device, run.checkpoints, resume, log)
-        final = history[-1] if history else {}
-        run.update_manifest(
-            checkpoint=str(run.checkpoints.relative_to(run.path)),
-            final={k: v for k, v in final.items() if k.startswith(("val_acc", "loss_"))},
-        )
-        echo(f"trained {len(history)} epochs -> {run.path}")
-        return run.path
-
-
-def _train_local(net, bundle, hparams, device, checkpoint_dir, resume, log) -> list[dict]:
-    from supernets.train import train_supernet
-
-    steps = len(bundle.train_dataset) // bundle.batch_size + bool(
-        len(bundle.train_dataset) % bundle.batch_size
-    )
-    if hparams.max_steps_per_epoch is not None:
-        steps = min(steps, hparams.max_steps_per_epoch)
-    result = train_supernet(
-        net,
-        _TrackedLoader(bundle.train_loader, steps),
-        bundle.val_loader,
-        hparams,
-        device=device,
-        checkpoint_dir=checkpoint_dir,
-        resume=resume is not None,
-        on_metrics=log,
-        arch_sampler_seed=bundle.seed,
-        # A fixed, unshuffled slice of the training set: same BN statistics every epoch.
-        recal_loader=bundle.loader(bundle.train_dataset, shuffle=False),
-    )
-    return result.history
-
-
-def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log) -> list[dict]:
-    try:
-        from nasbench.distributed.train import RayScaling, train_on_ray
-    except ModuleNotFoundError as exc:
-        if exc.name != "nasbench.distributed.train":
-            raise
-        raise NotBuiltError("runner: ray is not built yet; use runner: local") from None
-
-    outcome = train_on_ray(
-        run_path,
-        build_config=net.build_config(),
-        data=data_cfg.model_dump(mode="json"),
-        hparams=hparams,
-        seed=cfg.run.seed,
-        scaling=RayScaling(
-            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-            resources_per_worker={"CPU": cfg.ray.cpus_per_worker}, max_failures=cfg.ray.max_failures,
-        ),
-        log_metrics=log,
-        address=cfg.ray.address,
-    )
-    return outcome.history
-
-
-class _TrackedLoader:
-    """A training loader whose passes show a progress bar; attributes pass through (generator)."""
-
-    def __init__(self, loader: Any, steps: int):
-        self.loader, self.steps = loader, steps
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "loader":
-            raise AttributeError(name)
-        return getattr(self.loader, name)
-
-    def __iter__(self) -> Iterator[Any]:
-        from nasbench.progress import track
-
-        # The training loop stops after `steps` batches without asking for more, so the bar is
-        # driven by its own ticks and finished before the last batch is handed over.
-        ticks = iter(track(range(self.steps), "training", total=self.steps))
-        for i, batch in enumerate(islice(self.loader, self.steps)):
-            next(ticks, None)
-            if i == self.steps - 1:
-                for _ in ticks:
-                    pass
-            yield batch
-
-
-def _device(name: str, source: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu" or name == "cuda" or name.startswith("cuda:"):
-        if name.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"{source}: device {name!r} requested but CUDA is not available")
-        return name
-    raise ConfigError(f"{source}: key 'device': expected auto, cpu, cuda or cuda:N, got {name!r}")
-
-
-def _summary(row: dict[str, Any], total: int) -> str:
-    parts = [f"epoch {row['epoch']}/{total}"]
-    for key in ("loss_largest", "loss_smallest", "loss_random", "loss_uniform",
-                "val_acc_smallest", "val_acc_largest"):
-        if key in row:
-            parts.append(f"{key}={row[key]:.4f}")
-    parts.append(f"{row['images_per_s']:.0f} img/s")
-    return "  ".join(parts)
+    if resume is not None:
+        resume = load_run(resume).path
+        config = config or resume / "config.yaml"
+    train.run(resolve(train.TrainConfig, config, cli_overrides=overrides), resume=resume)

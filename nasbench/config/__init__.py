@@ -1,6 +1,6 @@
 """Configs: YAML (safe_load) plus `--set` overrides, validated by strict pydantic models."""
 
-from nasbench.config.loader import StrictModel, load_config, parse_overrides
+from nasbench.config.loader import StrictModel, parse_overrides
 from nasbench.config.sections import DataConfig, RunConfig
 
-__all__ = ["DataConfig", "RunConfig", "StrictModel", "load_config", "parse_overrides"]
+__all__ = ["DataConfig", "RunConfig", "StrictModel", "parse_overrides"]

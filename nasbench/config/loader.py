@@ -107,23 +107,3 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
     got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
     msg = err["msg"][0].lower() + err["msg"][1:]
     return f"{source}: key {key!r}: {msg}{got_text}"
-
-
-def load_config(
-    model: type[ModelT], path: str | Path | None = None, overrides: Sequence[str] = ()
-) -> ModelT:
-    """Validate YAML at `path` (or defaults) plus overrides into `model`."""
-    source = str(path) if path is not None else "defaults"
-    data = read_yaml(Path(path)) if path is not None else {}
-    data = apply_overrides(data, overrides)
-    if overrides:
-        source = f"{source} + --set"
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(describe_validation_error(exc, model, source)) from None
-
-
-def dump_config(config: BaseModel) -> str:
-    """The resolved config as YAML, for the run directory."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

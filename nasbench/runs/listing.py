@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from nasbench.config.sections import default_results_root
 from nasbench.runs.store import MANIFEST, load_run
 
 
-def list_runs(root: str | Path = "results") -> pd.DataFrame:
+def list_runs(root: str | Path | None = None) -> pd.DataFrame:
+    """One row per run under `root` (default `$NASBENCH_RESULTS`, else ./results)."""
     rows = []
-    for manifest in sorted(Path(root).glob(f"*/{MANIFEST}")):
+    for manifest in sorted(Path(default_results_root() if root is None else root).glob(f"*/{MANIFEST}")):
         run = load_run(manifest.parent)
         rows.append({
             "run": run.name,

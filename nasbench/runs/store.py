@@ -19,9 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
+from nasbench.config.sections import default_results_root
 from nasbench.runs.facts import git_commit, package_versions
 from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import RunError
@@ -61,7 +63,16 @@ class Run:
         return self.manifest.get("status", "unknown")
 
     @property
-    def config(self) -> dict[str, Any]:
+    def config(self) -> Any:
+        """The config the run was started with, as its runner's config model (`TrainConfig`,
+        `SearchConfig`, ...); the raw dict stays in `manifest["config"]`."""
+        from nasbench.runners import config_model
+        from nasbench.runners.config import stored_config
+
+        return stored_config(self, config_model(self.manifest.get("command", "?")))
+
+    @property
+    def _config_dict(self) -> dict[str, Any]:
         return self.manifest.get("config", {})
 
     @property
@@ -128,11 +139,69 @@ class Run:
 
     @property
     def evaluations(self) -> pd.DataFrame:
-        return self.read_table("evaluations")
+        """The search's evaluations in the stored dtypes, with `is_pareto` computed over the rows
+        meeting the config's `constraints` (never read from the file)."""
+        return self._search_table("evaluations")
 
     @property
     def pareto(self) -> pd.DataFrame:
-        return self.read_table("pareto")
+        """The rows `pareto.parquet` holds, typed and with `is_pareto` recomputed like
+        `.evaluations`."""
+        return self._search_table("pareto")
+
+    @property
+    def archs(self) -> pd.DataFrame:
+        """One column per search-space dimension, parsed from `arch`, indexed like `.evaluations`
+        (so `run.archs.loc[run.evaluations.is_pareto]` gives the front's archs)."""
+        evaluations = self.evaluations
+        if "arch" not in evaluations.columns:
+            return pd.DataFrame(index=evaluations.index)
+        return pd.DataFrame.from_records([json.loads(a) for a in evaluations["arch"]],
+                                         index=evaluations.index)
+
+    @property
+    def directions(self) -> dict[str, str]:
+        """Objective column -> "min"/"max" from the evaluations table metadata ({} without one)."""
+        from search.evaluations import objective_directions, read_metadata
+
+        target = self.path / "evaluations.parquet"
+        metadata = read_metadata(target) if target.exists() else {}
+        return objective_directions(metadata, self._config_dict.get("objectives"))
+
+    def feasible(self, df: pd.DataFrame) -> np.ndarray:
+        """Which rows of `df` meet every constraint of the run's config (all, without any)."""
+        from search.problem import feasible_mask, parse_constraint
+
+        constraints = [parse_constraint(c) for c in self._config_dict.get("constraints") or ()]
+        return feasible_mask(df, constraints)
+
+    def _search_table(self, name: str) -> pd.DataFrame:
+        from search.evaluations import objective_directions, read_table, with_pareto
+
+        target = self.path / f"{name}.parquet"
+        if not target.exists():
+            return pd.DataFrame()
+        df, metadata = read_table(target)
+        directions = objective_directions(metadata, self._config_dict.get("objectives"))
+        return with_pareto(df, directions, self.feasible(df)) if directions else df
+
+    def plot(self, ax: Any = None) -> Any:
+        """The run on a matplotlib Axes: a search's front (`search.plot_front`), or a train or
+        prune run's validation-accuracy curve from metrics.csv."""
+        from nasbench.runs.plots import plot_metrics
+
+        directions = self.directions
+        if directions:
+            import search
+
+            evaluations = self.evaluations
+            return search.plot_front(evaluations, directions, ax,
+                                     feasible=self.feasible(evaluations),
+                                     title=f"{self.name}: {len(evaluations)} evaluations")
+        metrics = self.metrics
+        if not metrics.empty:
+            return plot_metrics(metrics, ax, title=self.name)
+        raise RunError(f"run {self.path} has nothing to plot: no evaluations.parquet or metrics.csv")
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -145,11 +214,13 @@ class Run:
         return sorted(p.stem for p in self.path.glob("*.parquet"))
 
 
-def load_run(path: str | os.PathLike, root: str | os.PathLike = "results") -> Run:
-    """Open a run by directory path, or by name under `root`."""
+def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Run:
+    """Open a run by directory path, or by name under `root` (default `$NASBENCH_RESULTS`, else
+    ./results: where runs are written)."""
     candidate = Path(path)
-    if not (candidate / MANIFEST).exists() and (Path(root) / candidate / MANIFEST).exists():
-        candidate = Path(root) / candidate
+    under_root = Path(default_results_root() if root is None else root) / candidate
+    if not (candidate / MANIFEST).exists() and (under_root / MANIFEST).exists():
+        candidate = under_root
     manifest_path = candidate / MANIFEST
     if not candidate.exists():
         raise RunError(f"run not found: {path} (no such directory)")
@@ -202,12 +273,13 @@ def start_run(
     command: str,
     config: dict[str, Any],
     seed: int,
-    root: str | os.PathLike = "results",
+    root: str | os.PathLike | None = None,
     name: str | None = None,
     resume: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> Iterator[Run]:
-    """Create (or resume) a run; on exit mark it completed, or failed with the error."""
+    """Create (or resume) a run under `root` (default `$NASBENCH_RESULTS`, else ./results); on
+    exit mark it completed, or failed with the error."""
     if resume is not None:
         run = load_run(resume)
         if run.manifest.get("command") != command:
@@ -219,7 +291,8 @@ def start_run(
         run.manifest.setdefault("resumes", []).append(_now())
         run.manifest.update(status="running", ended=None, error=None)
     else:
-        path = _new_run_dir(Path(root), command, name, overwrite)
+        path = _new_run_dir(Path(default_results_root() if root is None else root), command, name,
+                            overwrite)
         run = Run(path, {
             "command": command,
             "config": config,

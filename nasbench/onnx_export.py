@@ -23,7 +23,7 @@ class ExportMismatchError(UserError):
 
 
 @dataclass(frozen=True)
-class ExportResult:
+class OnnxExport:
     onnx_path: Path
     max_abs_diff: float
     opset: int
@@ -37,7 +37,7 @@ def export_onnx(
     atol: float = DEFAULT_ATOL,
     opset: int = 17,
     seed: int = 0,
-) -> ExportResult:
+) -> OnnxExport:
     """Write `module` (one sample's `input_shape`, no batch dim) to ONNX and verify it.
 
     Raises ExportMismatchError if onnxruntime's outputs differ by more than `atol`; the file is
@@ -61,7 +61,7 @@ def export_onnx(
         raise ExportMismatchError(
             f"ONNX export {path} differs from PyTorch by {diff:.3g} (max abs), over {atol:g}"
         )
-    return ExportResult(path, diff, opset)
+    return OnnxExport(path, diff, opset)
 
 
 def verify_onnx(module, onnx_path: str | Path, x) -> float:

@@ -1,1 +1,0 @@
-"""End-to-end pipelines composed from the library packages."""

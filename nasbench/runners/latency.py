@@ -1,0 +1,234 @@
+"""The latency runners: measure a latency table on this machine, fit and score predictors.
+
+`measure` samples subnets stratified by MACs, times each extracted subnet and writes a run with
+`latency.parquet` and the device facts in its manifest. `fit` fits a latency predictor
+(regressor chosen by K-fold CV) on part of the table, reports held-out RMSE, MAPE, ±10%
+accuracy and Kendall tau next to the MACs proxy's tau, and saves the predictor (refitted on
+every row) as `latency_predictor.{json,parquet}`. `evaluate` scores a saved predictor on
+another latency table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from nasbench.config import RunConfig, StrictModel
+from nasbench.errors import RunError, UserError
+from nasbench.runs import Run
+
+PREDICTOR = "latency_predictor"
+
+
+class SupernetSection(StrictModel):
+    """The supernet to time: a family and preset, or the supernet of a `nasbench train` run."""
+
+    family: str = "mbv3"
+    preset: str = "tiny"
+    width_mult: float = Field(default=1.0, gt=0)
+    num_classes: int = Field(default=10, ge=1)
+    in_chans: int = Field(default=3, ge=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    from_run: Path | None = None
+
+
+class MeasureSection(StrictModel):
+    """How many subnets and how to time them."""
+
+    n: int = Field(default=100, ge=2)
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch: int = Field(default=1, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    warmup: int = Field(default=10, ge=0)
+    repeats: int = Field(default=50, ge=1)
+    compile: bool = False
+    clock: Literal["wall", "cpu"] = "wall"
+    extract: bool = True
+    rounds: int = Field(default=1, ge=1)
+    resolution: int | None = Field(default=None, ge=4)
+    pool_factor: int = Field(default=3, ge=1)
+    bins: int = Field(default=10, ge=1)
+
+
+class LatencyMeasureConfig(StrictModel):
+    run: RunConfig = RunConfig()
+    supernet: SupernetSection = SupernetSection()
+    latency: MeasureSection = MeasureSection()
+
+
+def _build_supernet(section: SupernetSection):
+    import supernets
+
+    if section.from_run is not None:
+        from nasbench.runs import load_run
+
+        run = load_run(section.from_run)
+        build = run.manifest.get("supernet")
+        if not isinstance(build, dict) or "name" not in build:
+            raise RunError(f"run {run.path} records no supernet (is it a `nasbench train` run?)")
+        build = dict(build)
+        return supernets.create(build.pop("name"), **build)
+    return supernets.create(
+        section.family, preset=section.preset, width_mult=section.width_mult,
+        num_classes=section.num_classes, in_chans=section.in_chans, **section.kwargs,
+    )
+
+
+def _input_shape(net, cfg: MeasureSection) -> tuple[int, ...] | None:
+    if cfg.resolution is None:
+        return None
+    chans = int(net.build_config().get("in_chans", 3))
+    return (chans, cfg.resolution, cfg.resolution)
+
+
+def measure(cfg: LatencyMeasureConfig) -> Run:
+    """Sample `cfg.latency.n` subnets stratified by MACs, time each, store the table."""
+    from dataclasses import asdict
+
+    from nasbench.progress import echo
+    from nasbench.runs import start_run
+    from nasbench_core.seeding import seed_everything
+    from search.costs import count_macs, subnet_input_shape
+    from search.latency import LatencySettings, measure_archs, stratified_sample
+
+    m = cfg.latency
+    settings = LatencySettings(
+        backend=m.backend, device=m.device, batch=m.batch, threads=m.threads, warmup=m.warmup,
+        repeats=m.repeats, compile=m.compile, clock=m.clock,
+    ).resolve()
+    seed_everything(cfg.run.seed)
+    net = _build_supernet(cfg.supernet).eval()
+    shape = _input_shape(net, m)
+    info = settings.device_info()
+
+    def macs_of(arch: dict) -> float:
+        return float(count_macs(net.extract(arch), subnet_input_shape(net, arch, shape)))
+
+    with start_run("latency", cfg.model_dump(mode="json"), cfg.run.seed, root=cfg.run.root,
+                   name=cfg.run.name) as run:
+        run.update_manifest(
+            device=info.to_dict(), settings=asdict(settings), supernet=net.build_config(),
+            space=net.space.to_dict(), space_fingerprint=net.space.fingerprint(),
+        )
+        echo(f"device {info.key}")
+        archs = stratified_sample(net.space, macs_of, m.n, cfg.run.seed,
+                                  pool_factor=m.pool_factor, bins=m.bins)
+        table = measure_archs(net, archs, settings, extract=m.extract, input_shape=shape,
+                              rounds=m.rounds, seed=cfg.run.seed, on_progress=_progress_lines())
+        run.write_table("latency", table, metadata={
+            "device": info.key, "space_fingerprint": net.space.fingerprint(),
+        })
+        run.update_manifest(latency_rows=len(table))
+        echo(f"{len(table)} subnets: latency {table['latency_ms'].min():.3f}-"
+             f"{table['latency_ms'].max():.3f} ms (median), MACs {int(table['macs'].min()):,}-"
+             f"{int(table['macs'].max()):,} -> {run.path / 'latency.parquet'}")
+        return run
+
+
+def _progress_lines():
+    """A progress callback printing one line per tenth of the timed visits."""
+    from nasbench.progress import echo
+
+    def report(done: int, total: int) -> None:
+        if done == total or done * 10 // total != (done - 1) * 10 // total:
+            echo(f"timed {done}/{total}")
+
+    return report
+
+
+def _latency_run(path: Run | str | os.PathLike):
+    from nasbench.runs import load_run
+    from supernets.space import SearchSpace
+
+    run = path if isinstance(path, Run) else load_run(path)
+    table = run.read_table("latency")
+    if table.empty or "space" not in run.manifest:
+        raise RunError(f"run {run.path} has no latency table: make one with `nasbench latency measure`")
+    return run, table, SearchSpace(run.manifest["space"])
+
+
+def format_metrics(m: dict[str, float]) -> str:
+    """One line: the predictor's held-out numbers with the MACs proxy's tau beside them."""
+    line = (f"n={m['n']}  Kendall tau {m['kendall_tau']:.3f}")
+    if "macs_kendall_tau" in m:
+        line += f" (MACs proxy tau {m['macs_kendall_tau']:.3f})"
+    return line + f"  MAPE {m['mape']:.2f}%  within ±10% {100 * m['acc10']:.1f}%  RMSE {m['rmse']:.4f} ms"
+
+
+@dataclass(frozen=True)
+class LatencyFit:
+    """What `fit` found: the chosen regressor, its held-out metrics and where it was saved."""
+
+    run: Run
+    predictor: Path
+    model: str
+    params: dict[str, Any]
+    cv_mape: float
+    holdout: dict[str, float]
+    n_train: int
+    candidates: list[dict[str, Any]] = field(repr=False)
+
+
+def fit(
+    run: Run | str | os.PathLike,
+    *,
+    holdout: float = 0.25,
+    regressors: str | list[str] = "ridge,svr,gbr,mlp",
+    encoding: str = "features",
+    use_macs: bool = False,
+    folds: int = 5,
+    seed: int = 0,
+) -> LatencyFit:
+    """Fit a latency predictor on a measure run's table; print held-out metrics; save it."""
+    import numpy as np
+
+    from nasbench.progress import echo
+    from search.latency import LatencyPredictor
+
+    if not 0 < holdout < 1:
+        raise UserError(f"--holdout must be in (0, 1), got {holdout}")
+    if folds < 2:
+        raise UserError(f"--folds must be at least 2, got {folds}")
+    opened, table, space = _latency_run(run)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(table))
+    n_test = max(1, round(holdout * len(table)))
+    test, train = table.iloc[order[:n_test]], table.iloc[order[n_test:]]
+    if len(train) < folds:
+        raise UserError(f"only {len(train)} training rows for {folds}-fold CV: measure more subnets")
+    names = regressors.split(",") if isinstance(regressors, str) else list(regressors)
+    candidates = [c.strip() for c in names if c.strip()]
+    predictor = LatencyPredictor(space, encoding=encoding, use_macs=use_macs,
+                                 candidates=candidates, folds=folds, seed=seed).fit(train)
+    metrics = predictor.evaluate(test)
+    sel = predictor.selection
+    echo(f"chosen by {folds}-fold CV: {sel.name} {sel.params} (CV MAPE {-100 * sel.cv_score:.2f}%)")
+    echo(f"held-out {format_metrics(metrics)}")
+    path = predictor.refit(table).save(opened.path / PREDICTOR)
+    scores = sel.scores.to_dict("records")
+    report = {"selection": {"name": sel.name, "params": sel.params, "cv_score": sel.cv_score,
+                            "candidates": scores},
+              "holdout": metrics, "n_train": len(train), "predictor": path.name}
+    opened.write_json("latency_fit.json", report)
+    opened.update_manifest(latency_fit={"model": sel.name, **metrics})
+    echo(f"predictor (refitted on all {len(table)} rows) -> {path}")
+    return LatencyFit(run=opened, predictor=path, model=sel.name, params=dict(sel.params),
+                      cv_mape=-100 * sel.cv_score, holdout=dict(metrics), n_train=len(train),
+                      candidates=scores)
+
+
+def evaluate(predictor_run: Run | str | os.PathLike, table_run: Run | str | os.PathLike) -> dict[str, float]:
+    """Held-out style metrics of a saved latency predictor on another table (same device, space)."""
+    from nasbench.runs import load_run
+    from search.latency import LatencyPredictor
+
+    _, table, space = _latency_run(table_run)
+    device = str(table["device"].iloc[0])
+    source = predictor_run if isinstance(predictor_run, Run) else load_run(predictor_run)
+    predictor = LatencyPredictor.load(source.path / PREDICTOR, space, device=device)
+    return predictor.evaluate(table)

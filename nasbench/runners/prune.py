@@ -1,0 +1,197 @@
+"""The prune runner: one pipeline for every pruner, on a torchvision/timm model (optionally from
+a weights file) or a subnet exported from a search run (`model: {source: export, run, arch_id}`).
+
+The run gets `masks.safetensors`, `sparsity.parquet` (per layer + global, by params and
+FLOPs), `metrics.csv` (accuracy before pruning, after, and after fine-tuning),
+`pruned.safetensors` (permanent weights) and `pruned.onnx` (verified with onnxruntime).
+What a pruner needs besides plain options (calibration data, a train_fn, a directory for its
+resumable state...) is declared by its registry entry and supplied here by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from nasbench.config import DataConfig, RunConfig, StrictModel
+from nasbench.errors import CheckpointError, ConfigError
+from nasbench.runs import Run
+
+
+class ModelSection(StrictModel):
+    """A model by torchvision or timm name (`weights` loads a .safetensors/.pt state dict), or
+    `source: export`: a subnet `nasbench export` wrote from search run `run` for `arch_id`."""
+
+    source: Literal["torchvision", "timm", "export"] = "torchvision"
+    name: str = "resnet18"
+    weights: Path | None = None
+    run: Path | None = None
+    arch_id: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    train_epochs: int = Field(default=0, ge=0)  # train before pruning (e.g. from scratch)
+
+    @model_validator(mode="after")
+    def _export_needs_run_and_arch(self) -> ModelSection:
+        if self.source == "export" and (self.run is None or not self.arch_id):
+            raise ValueError("model.source=export needs model.run and model.arch_id")
+        return self
+
+
+class PruneSection(StrictModel):
+    method: str = "global_magnitude"
+    sparsity: float = Field(default=0.9, ge=0.0, lt=1.0)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class FinetuneSection(StrictModel):
+    epochs: int = Field(default=1, ge=0)
+    lr: float = Field(default=1e-3, gt=0)
+
+
+class PruneConfig(StrictModel):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelSection = ModelSection()
+    prune: PruneSection = PruneSection()
+    finetune: FinetuneSection = FinetuneSection()
+    onnx: bool = True
+
+
+def build_model(section: ModelSection, num_classes: int, in_chans: int):
+    """A model by name with the dataset's classes (and channels, for timm)."""
+    if section.source == "export":
+        return _exported_subnet(section, num_classes)
+    kwargs = {"num_classes": num_classes, **section.kwargs}
+    try:
+        if section.source == "timm":
+            import timm
+
+            model = timm.create_model(section.name, pretrained=False, in_chans=in_chans, **kwargs)
+        else:
+            import torchvision
+
+            model = torchvision.models.get_model(section.name, weights=None, **kwargs)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ConfigError(f"model.name={section.name!r} ({section.source}): {exc}") from None
+    if section.weights is not None:
+        model.load_state_dict(_read_weights(section.weights))
+    return model
+
+
+def _exported_subnet(section: ModelSection, num_classes: int):
+    from torch import nn
+
+    from nasbench.runners.export import load_exported_subnet
+
+    model = load_exported_subnet(section.run, section.arch_id)
+    classes = [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features
+    if classes != num_classes:
+        raise ConfigError(f"exported subnet {section.arch_id} predicts {classes} classes, the "
+                          f"data has {num_classes}; use the search run's dataset")
+    return model
+
+
+def data_for(cfg: PruneConfig) -> DataConfig:
+    """The data section, at an exported subnet's input resolution and channels unless set."""
+    if cfg.model.source != "export":
+        return cfg.data
+    from nasbench.runners.export import exported
+
+    _, chans, res, _ = exported(cfg.model.run, cfg.model.arch_id).input_shape
+    return cfg.data.model_copy(update={"resolution": cfg.data.resolution or res,
+                                       "channels": cfg.data.channels or chans})
+
+
+def _read_weights(path: Path) -> dict:
+    import safetensors.torch
+    import torch
+
+    if not path.exists():
+        raise CheckpointError(f"model.weights={str(path)!r} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return safetensors.torch.load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or pickled-object files come with many error types
+        raise CheckpointError(f"model.weights={str(path)!r} is not a weights file: {exc}") from None
+
+
+def run(config: PruneConfig) -> Run:
+    """Prune `config.model` with `config.prune.method`, fine-tune, report, export to ONNX."""
+    import safetensors.torch
+
+    import pruners
+    from nasbench.classify import adam_train_fn, evaluate
+    from nasbench.data import load_dataset
+    from nasbench.onnx_export import export_onnx
+    from nasbench.progress import echo
+    from nasbench.runs import start_run
+    from nasbench_core.atomic import atomic_path
+    from nasbench_core.seeding import seed_everything
+
+    cfg = config
+    options = pruners.validate_prune_options(cfg.prune.method, cfg.prune.kwargs, where="prune.kwargs")
+    seed_everything(cfg.run.seed)
+    bundle = load_dataset(data_for(cfg), seed=cfg.run.seed)
+    model = build_model(cfg.model, bundle.num_classes, bundle.in_chans)
+    loader = bundle.train_loader
+    train_fn = adam_train_fn(lambda: loader, len(loader), cfg.finetune.lr)
+    example = next(iter(bundle.val_loader))[0][:1]
+
+    with start_run("prune", cfg.model_dump(mode="json"), cfg.run.seed, root=cfg.run.root,
+                   name=cfg.run.name) as run:
+        if cfg.model.train_epochs:
+            echo(f"training {cfg.model.name} for {cfg.model.train_epochs} epochs before pruning")
+            train_fn(model, pruners.Span(cfg.model.train_epochs, "ep"), lambda it, ep: None)
+        before = evaluate(model, bundle.val_loader)
+        run.log_metrics({"stage": "dense", "val_acc": before, "sparsity": 0.0})
+        supplied = _needs(cfg, run, bundle, train_fn, example)
+        needs = {name: supplied[name] for name in pruners.pruner_entry(cfg.prune.method).meta["needs"]}
+        masks = pruners.prune(model, cfg.prune.method, cfg.prune.sparsity, **options, **needs)
+        pruned = sum(int((~m).sum()) for m in masks.values())
+        sparsity = pruned / sum(m.numel() for m in masks.values())
+        after = evaluate(model, bundle.val_loader)
+        run.log_metrics({"stage": "pruned", "val_acc": after, "sparsity": sparsity})
+        tuned = after
+        if cfg.finetune.epochs:
+            keep = pruners.MaskKeeper(model)
+            train_fn(model, pruners.Span(cfg.finetune.epochs, "ep"), lambda it, ep: keep())
+            tuned = evaluate(model, bundle.val_loader)
+            run.log_metrics({"stage": "finetuned", "val_acc": tuned, "sparsity": sparsity})
+        pruners.save_masks(run.path / "masks.safetensors", pruners.get_masks(model))
+        report = pruners.sparsity_report(model, example)
+        run.write_table("sparsity", report.assign(shape=report["shape"].astype(str)))
+        pruners.make_permanent(model)
+        with atomic_path(run.path / "pruned.safetensors") as tmp:
+            safetensors.torch.save_file(
+                {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        summary = {"method": cfg.prune.method, "sparsity": sparsity, "pruned": pruned,
+                   "acc_dense": before, "acc_pruned": after, "acc_finetuned": tuned,
+                   "flop_sparsity": float(report["flop_sparsity"].iloc[-1])}
+        if cfg.onnx:
+            result = export_onnx(model, tuple(example.shape[1:]), run.path / "pruned.onnx")
+            summary["onnx_max_abs_diff"] = result.max_abs_diff
+        run.update_manifest(summary=summary)
+        run.write_json("summary.json", summary)
+        echo(f"{cfg.prune.method} {sparsity:.1%}: acc {before:.3f} -> {after:.3f} -> "
+             f"{tuned:.3f} (fine-tuned); FLOPs -{summary['flop_sparsity']:.1%} -> {run.path}")
+        return run
+
+
+def _needs(cfg: PruneConfig, run: Run, bundle: Any, train_fn: Callable, example: Any) -> dict[str, Any]:
+    """Everything a pruner entry may declare it needs, keyed by the names of `pruners.NEEDS`."""
+    import pruners
+    from nasbench.classify import evaluate
+
+    def finetune(model: Any, step: int, keep_masks: Callable[[], None]) -> None:
+        if cfg.finetune.epochs:
+            train_fn(model, pruners.Span(cfg.finetune.epochs, "ep"), lambda it, ep: keep_masks())
+
+    def on_level(level: int, model: Any) -> None:
+        run.log_metrics({"stage": f"level_{level}", "val_acc": evaluate(model, bundle.val_loader)})
+
+    return {"data": bundle.train_loader, "train_fn": train_fn, "finetune": finetune,
+            "out_dir": str(run.path / "lottery"), "example_input": example, "on_level": on_level}
