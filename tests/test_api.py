@@ -125,6 +125,22 @@ def test_search_resume_true_continues_the_named_run(tmp_path):
     assert len(resumed.manifest["resumes"]) == 1
 
 
+def test_a_completed_search_grows_with_a_larger_budget_and_records_it(tmp_path):
+    base = {"supernet": {"family": "mbv3", "preset": "tiny"},
+            "data": {"name": "digits", "resolution": 16, "channels": 1, "limit": 200},
+            "objectives": ["params", "macs"], "optimizer": {"name": "random", "settings": {"batch_size": 2}},
+            "evaluation": {"bn_batches": 1, "val_batches": 1}, "run": {"root": tmp_path, "name": "g"}}
+    first = nasbench.search(base, budget=2, quiet=True)
+    before = first.evaluations["arch_id"].tolist()
+    with pytest.raises(RunError, match="already completed with 2 evaluations; set a budget above 2"):
+        nasbench.search(first.config, resume=True, quiet=True)
+    assert first.status == "completed"  # the refusal changed nothing
+    grown = nasbench.search(first.config, resume=True, budget=5, quiet=True)
+    assert len(grown.evaluations) == 5 and grown.status == "completed"
+    assert grown.evaluations["arch_id"].iloc[:2].tolist() == before
+    assert grown.config.budget == 5 and nasbench.load_run(grown.path).config.budget == 5
+
+
 @pytest.mark.parametrize("command", ["train", "search", "prune", "latency", "quickstart"])
 def test_every_runner_has_a_config_model_with_defaults(command):
     assert isinstance(resolve(config_model(command)), config_model(command))

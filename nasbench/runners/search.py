@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from nasbench.config import DataConfig, RunConfig, StrictModel
+from nasbench.errors import RunError
 from nasbench.runs import Run
 
 
@@ -121,8 +122,9 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
     extra_names = [c.column for c in constraints if c.column not in config.objectives]
     extra = search.make_objectives(list(dict.fromkeys(extra_names)), ctx)
 
+    grows = resume is not None and _check_growth(resume, config.budget)
     with start_run("search", config.model_dump(mode="json"), config.run.seed, root=config.run.root,
-                   name=config.run.name, resume=resume) as run:
+                   name=config.run.name, resume=resume, reopen_completed=grows) as run:
         table_path = run.path / "evaluations.parquet"
         table = None
         if table_path.exists():
@@ -161,6 +163,21 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
         run.update_manifest(evaluations=len(df), pareto=len(front), feasible=int(feasible.sum()))
         echo(f"{len(df)} evaluations, {len(front)} on the Pareto front -> {run.path}")
         return run
+
+
+def _check_growth(path: Path, budget: int) -> bool:
+    """True when `path` is a completed search that `budget` extends; a completed run with no
+    budget left is a one-line error instead of a no-op."""
+    from nasbench.runs import load_run
+
+    previous = load_run(path)
+    if previous.status != "completed":
+        return False
+    done = int(previous.manifest.get("evaluations", 0))
+    if budget <= done:
+        raise RunError(f"run {previous.path} already completed with {done} evaluations; "
+                       f"set a budget above {done} to extend it")
+    return True
 
 
 def _save_plot(df, directions: dict[str, str], x: str, y: str, feasible, title: str, path: Path) -> None:

@@ -268,6 +268,11 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _write_config_yaml(path: Path, config: dict[str, Any]) -> None:
+    plain = json.loads(json.dumps(config, default=_json_default))
+    atomic_write_text(path / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
+
+
 @contextlib.contextmanager
 def start_run(
     command: str,
@@ -277,19 +282,22 @@ def start_run(
     name: str | None = None,
     resume: str | os.PathLike | None = None,
     overwrite: bool = False,
+    reopen_completed: bool = False,
 ) -> Iterator[Run]:
     """Create (or resume) a run under `root` (default `$NASBENCH_RESULTS`, else ./results); on
-    exit mark it completed, or failed with the error."""
+    exit mark it completed, or failed with the error. `reopen_completed` lets a job that can
+    grow (a search given a larger budget) continue a completed run; resuming records `config`."""
     if resume is not None:
         run = load_run(resume)
         if run.manifest.get("command") != command:
             raise RunError(f"cannot resume {run.path} with `{command}`: it is a `{run.manifest.get('command')}` run")
-        if run.status == "completed":
+        if run.status == "completed" and not reopen_completed:
             raise RunError(f"run {run.path} already completed; nothing to resume")
         for stale in run.path.rglob(".*.tmp"):  # left by a SIGKILL between write and rename
             stale.unlink()
         run.manifest.setdefault("resumes", []).append(_now())
-        run.manifest.update(status="running", ended=None, error=None)
+        run.manifest.update(status="running", ended=None, error=None, config=config)
+        _write_config_yaml(run.path, config)
     else:
         path = _new_run_dir(Path(default_results_root() if root is None else root), command, name,
                             overwrite)
@@ -304,8 +312,7 @@ def start_run(
             "versions": package_versions(),
             "git_commit": git_commit(),
         })
-        atomic_write_text(path / "config.yaml", yaml.safe_dump(json.loads(json.dumps(config, default=_json_default)),
-                                                               sort_keys=False))
+        _write_config_yaml(path, config)
     run.write_manifest()
     try:
         with _sigterm_raises():
