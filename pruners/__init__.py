@@ -19,7 +19,7 @@ from pruners.masks import (
 )
 from pruners.registry import (
     NEEDS,
-    PrunerEntry,
+    PRUNERS,
     get_pruner,
     list_pruners,
     prune,
@@ -33,7 +33,7 @@ from pruners.selection import Target, select_targets
 
 __all__ = [
     "NEEDS",
-    "PrunerEntry",
+    "PRUNERS",
     "pruner_entry",
     "validate_prune_options",
     "MaskKeeper",

@@ -8,83 +8,62 @@ selection patterns, method name, kwargs), so a bad request leaves the model unto
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import torch
 from torch import nn
 
 import cuda_ext
+from nasbench_core.registry import Entry, Registry
 from pruners.errors import PruneError
 from pruners.masks import Masks, apply_masks, make_permanent
+from pruners.options import PrunerOptions
 from pruners.selection import Target, select_targets
 
 PrunerFn = Callable[..., Iterable[torch.Tensor]]
 NEEDS = ("data", "train_fn", "finetune", "out_dir", "example_input", "on_level")
 """What a pruner may need besides plain options; code (a runner) supplies these, not a config."""
 
+PRUNERS: Registry[PrunerFn] = Registry("pruning method", error=PruneError)
+"""Entries: `fn(model, targets, k, options, **needs)`; `options` is an instance of the entry's
+options model, `meta["needs"]` names the NEEDS it takes as keywords."""
 
-@dataclass(frozen=True)
-class PrunerEntry:
-    """A registered pruner and what it declares: `meta["needs"]` names values from NEEDS."""
-
-    name: str
-    fn: PrunerFn
-    meta: Mapping[str, Any]
-
-
-_REGISTRY: dict[str, PrunerFn] = {}
-_ENTRIES: dict[str, PrunerEntry] = {}
 _SELECTION_KEYS = ("include_types", "exclude_types", "include", "exclude", "prune_first",
                    "prune_last")
 
 
-def register_pruner(name: str, *, needs: Sequence[str] = ()) -> Callable[[PrunerFn], PrunerFn]:
-    """Register `fn` under `name`; `needs` are the NEEDS a caller must supply for it to work well."""
+def register_pruner(name: str, *, options: type[PrunerOptions] = PrunerOptions,
+                    needs: Sequence[str] = ()) -> Callable[[PrunerFn], PrunerFn]:
+    """Register `fn` under `name` with its typed `options`; `needs` are the NEEDS a caller
+    must supply for it to work well (a runner reads them from the entry)."""
     unknown = [n for n in needs if n not in NEEDS]
     if unknown:
         raise ValueError(f"pruner {name!r} declares unknown needs {unknown}; known: {NEEDS}")
-
-    def deco(fn: PrunerFn) -> PrunerFn:
-        if name in _REGISTRY:
-            raise ValueError(f"pruner {name!r} registered twice")
-        _REGISTRY[name] = fn
-        _ENTRIES[name] = PrunerEntry(name, fn, MappingProxyType({"needs": tuple(needs)}))
-        return fn
-
-    return deco
+    return PRUNERS.register(name, options=options, needs=tuple(needs))
 
 
 def list_pruners() -> list[str]:
-    return sorted(_REGISTRY)
+    return PRUNERS.list()
 
 
 def get_pruner(name: str) -> PrunerFn:
-    if name not in _REGISTRY:
-        raise PruneError(f"unknown pruning method {name!r}; expected one of {list_pruners()}")
-    return _REGISTRY[name]
+    return PRUNERS.get(name)
 
 
-def pruner_entry(name: str) -> PrunerEntry:
-    get_pruner(name)
-    return _ENTRIES[name]
+def pruner_entry(name: str) -> Entry[PrunerFn]:
+    return PRUNERS.entry(name)
 
 
 def validate_prune_options(method: str, options: Mapping[str, Any], *, where: str = "kwargs") -> dict[str, Any]:
-    """Check a config's options for `method` before any work: the name, the option names, and
-    that none of them is a need (those come from code, e.g. a train_fn)."""
-    entry = pruner_entry(method)
+    """Check a config's options for `method` by value before any work: the name, each option's
+    name, type and range, and that none of them is a need (those come from code)."""
     given = [key for key in options if key in NEEDS]
     if given:
+        PRUNERS.entry(method)
         raise PruneError(f"{where}.{given[0]}: {method!r} gets {given[0]!r} from the runner, not from a config")
     plain = {k: v for k, v in options.items() if k not in _SELECTION_KEYS}
-    try:
-        _check_kwargs(method, entry.fn, plain)
-    except PruneError as exc:
-        raise PruneError(f"{where}: {exc}") from None
+    PRUNERS.validate(method, plain, where=where)
     return dict(options)
 
 
@@ -96,21 +75,15 @@ def check_sparsity(sparsity: Any) -> float:
     return float(sparsity)
 
 
-def _check_kwargs(method: str, fn: PrunerFn, kwargs: dict[str, Any]) -> None:
-    params = inspect.signature(fn).parameters
-    allowed = [p for p in params if p not in ("model", "targets", "k")]
-    unknown = [key for key in kwargs if key not in allowed]
-    if unknown:
-        raise PruneError(f"pruner {method!r} takes no option {unknown[0]!r}; options: {allowed}")
-
-
 def _plan(model: nn.Module, method: str, sparsity: float,
-          kwargs: dict[str, Any]) -> tuple[PrunerFn, list[Target], int, dict[str, Any]]:
-    """Validate a request (nothing touched yet): the pruner, its targets, k and its options."""
+          kwargs: dict[str, Any]) -> tuple[Callable[[], Iterable[torch.Tensor]], list[Target], int]:
+    """Validate a request (nothing touched yet): its targets, k, and the pruner bound to its
+    checked options and needs, ready to call."""
     s = check_sparsity(sparsity)
-    fn = get_pruner(method)
+    entry = PRUNERS.entry(method)
     selection = {key: kwargs.pop(key) for key in _SELECTION_KEYS if key in kwargs}
-    _check_kwargs(method, fn, kwargs)
+    needs = {key: kwargs.pop(key) for key in entry.meta["needs"] if key in kwargs}
+    options = PRUNERS.validate(method, kwargs)
     targets: list[Target] = select_targets(model, **selection)
     n = sum(t.numel for t in targets)
     k = round(s * n)
@@ -120,7 +93,7 @@ def _plan(model: nn.Module, method: str, sparsity: float,
             f"model already has {already} of {n} selected weights pruned ({already / n:.1%}), "
             f"more than the requested {s:.1%}; masks only grow"
         )
-    return fn, targets, k, kwargs
+    return (lambda: entry.obj(model, targets, k, options, **needs)), targets, k
 
 
 def prune(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> Masks:
@@ -130,11 +103,10 @@ def prune(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> Mask
     `prune_first`, `prune_last`) pick the layers; the rest go to the pruner. Sparsity is the
     total over the selected layers, counting weights an earlier call already pruned.
     """
-    fn, targets, k, kwargs = _plan(model, method, sparsity, kwargs)
-    masks = fn(model, targets, k, **kwargs)
+    masks, targets, _ = _plan(model, method, sparsity, kwargs)
     out = {
         t.name: (m & old if (old := t.mask) is not None else m)
-        for t, m in zip(targets, masks, strict=True)
+        for t, m in zip(targets, masks(), strict=True)
     }
     return apply_masks(model, out)
 
@@ -146,9 +118,9 @@ def prune_permanent(model: nn.Module, method: str, sparsity: float, **kwargs: An
     magnitude makes each layer's mask only when its turn comes, so extra memory stays near
     the largest layer's bool mask. Returns the number of zero weights per selected layer.
     """
-    fn, targets, k, kwargs = _plan(model, method, sparsity, kwargs)
+    masks, targets, _ = _plan(model, method, sparsity, kwargs)
     out: dict[str, int] = {}
-    for t, mask in zip(targets, fn(model, targets, k, **kwargs), strict=True):
+    for t, mask in zip(targets, masks(), strict=True):
         if (old := t.mask) is not None:
             mask = mask & old
         cuda_ext.apply_masks_([t.param.detach()], [mask])  # fused: no float copy of the mask

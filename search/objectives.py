@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from nasbench_core.errors import UserError
+from nasbench_core.registry import Registry
 
 Direction = Literal["min", "max"]
 Source = Literal["measured", "predicted"]
@@ -63,7 +64,7 @@ class ObjectiveKind:
     help: str
 
 
-_KINDS: dict[str, ObjectiveKind] = {}
+OBJECTIVES: Registry[ObjectiveKind] = Registry("objective")
 
 
 def register_objective(
@@ -72,20 +73,18 @@ def register_objective(
     """Register a factory `ctx -> (arch -> float)` under the table column `name`."""
 
     def deco(factory: Callable[[ObjectiveContext], Callable[[dict], float]]):
-        _KINDS[name] = ObjectiveKind(name, direction, unit, source, factory, help)
+        OBJECTIVES.add(name, ObjectiveKind(name, direction, unit, source, factory, help))
         return factory
 
     return deco
 
 
 def list_objectives() -> list[str]:
-    return sorted(_KINDS)
+    return OBJECTIVES.list()
 
 
 def objective_kind(name: str) -> ObjectiveKind:
-    if name not in _KINDS:
-        raise UserError(f"unknown objective {name!r}; known: {', '.join(list_objectives())}")
-    return _KINDS[name]
+    return OBJECTIVES.get(name)
 
 
 def make_objective(name: str, ctx: ObjectiveContext) -> Objective:

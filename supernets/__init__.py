@@ -6,11 +6,13 @@
     subnet = net.extract(arch)          # stock torch layers, same outputs
 """
 
-from supernets.base import Supernet, create, list_supernets, prepare_input, register_supernet
+from supernets.base import Supernet, prepare_input
 from supernets.bn import recalibrate_bn
+from supernets.registry import SUPERNETS, create, list_supernets, register_supernet
 from supernets.space import Arch, Dimension, SearchSpace
 
 __all__ = [
+    "SUPERNETS",
     "Arch",
     "Dimension",
     "SearchSpace",

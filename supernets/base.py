@@ -1,4 +1,4 @@
-"""The `Supernet` base class and the family registry (`register_supernet`, `create`).
+"""The `Supernet` base class (the family registry is `supernets.registry`).
 
 A family subclass builds its elastic layers, owns a `SearchSpace` and implements three things:
 `_configure(arch)` (push the arch's choices into its elastic ops), `_extract()` (stock layers
@@ -7,7 +7,7 @@ for the active arch) and `count_params(arch)` (analytic, without building anythi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -17,7 +17,6 @@ from torch import nn
 from nasbench_core.errors import UserError
 from supernets.space import Arch, SearchSpace
 
-_REGISTRY: dict[str, type[Supernet]] = {}
 _module_generation = 0  # bumped whenever any module registers a submodule anywhere
 
 
@@ -27,58 +26,6 @@ def _bump_generation(*_: Any) -> None:
 
 
 torch.nn.modules.module.register_module_module_registration_hook(_bump_generation)
-
-
-def register_supernet(name: str) -> Callable[[type[Supernet]], type[Supernet]]:
-    """Class decorator: make a family available to `create(name, ...)`."""
-
-    def deco(cls: type[Supernet]) -> type[Supernet]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"supernet family {name!r} is already registered")
-        cls.family = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def list_supernets() -> list[str]:
-    _load_families()
-    return sorted(_REGISTRY)
-
-
-def create(
-    name: str,
-    *,
-    num_classes: int = 10,
-    in_chans: int = 3,
-    width_mult: float = 1.0,
-    preset: str = "default",
-    mos: dict | None = None,
-    **kwargs: Any,
-) -> Supernet:
-    """Build a supernet of family `name`; `mos` turns it into a mixture-of-supernets."""
-    _load_families()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown supernet family {name!r}; known: {sorted(_REGISTRY)}")
-    net = _REGISTRY[name](
-        num_classes=num_classes, in_chans=in_chans, width_mult=width_mult, preset=preset, **kwargs
-    )
-    if mos is not None:
-        try:
-            from supernets.mos import apply_mos
-        except ModuleNotFoundError as exc:
-            if exc.name != "supernets.mos":
-                raise
-            raise UserError("mixture-of-supernets is not available in this install") from None
-        net = apply_mos(net, mos)
-    net._build_kwargs["mos"] = None if mos is None else dict(mos)
-    return net
-
-
-def _load_families() -> None:
-    # Importing the family modules runs their @register_supernet decorators.
-    import supernets.families  # noqa: F401
 
 
 def prepare_input(x: torch.Tensor, arch: Mapping[str, Any] | None) -> torch.Tensor:

@@ -98,7 +98,7 @@ def load_checkpoint(
 
 def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the supernet a checkpoint was saved from (`supernets.create`) and load its weights."""
-    from supernets.base import create
+    from supernets.registry import create
 
     stem = resolve_checkpoint(path)
     doc = _read_doc(stem)

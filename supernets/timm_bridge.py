@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from nasbench_core.errors import UserError
-from supernets.base import Supernet, create
+from supernets.base import Supernet
 from supernets.ops import make_divisible
+from supernets.registry import create
 
 ModuleMap = list[tuple[str, str]]  # (supernet module prefix, timm module prefix)
 

@@ -42,12 +42,21 @@ def test_prune_run_writes_masks_report_metrics_onnx(cli, tmp_path, method):
         ("prune.sparsity=1.0", "prune.sparsity"),
         ("prune.method=magic", "unknown pruning method 'magic'"),
         ("model.name=no_such_net", "model.name='no_such_net'"),
+        ("prune.kwargs.seed=1", "prune.kwargs: pruning method 'uniform' has no option 'seed'; options: (none)"),
+        (["prune.method=lottery", "prune.kwargs.fraction=1.5"],
+         "prune.kwargs: pruning method 'lottery': fraction=1.5: Input should be less than 1"),
+        (["prune.method=lottery", "prune.kwargs.train_fn=x"],
+         "prune.kwargs.train_fn: 'lottery' gets 'train_fn' from the runner, not from a config"),
+        (["prune.method=layer_dp", "prune.kwargs.num_samples=0"],
+         "num_samples=0: Input should be greater than or equal to 1"),
     ],
 )
 def test_prune_user_errors_exit_2_with_one_line(cli, tmp_path, override, message):
     cfg = tmp_path / "prune.yaml"
     cfg.write_text(CONFIG.format(root=tmp_path / "results", method="uniform"))
-    res = cli("prune", str(cfg), "--set", override)
+    sets = [arg for item in ([override] if isinstance(override, str) else override) for arg in ("--set", item)]
+    res = cli("prune", str(cfg), *sets)
     assert res.code == 2
     assert message in res.err
     assert len(res.err.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()  # refused before any run directory

@@ -77,7 +77,7 @@ def test_max_stall_is_a_validated_setting() -> None:
     assert search.create_optimizer("optuna", max_stall=7).max_stall == 7
     with pytest.raises(UserError, match="no setting 'stall'"):
         search.create_optimizer("random", stall=7)
-    with pytest.raises(UserError, match="max_stall=0 must be an integer >= 1"):
+    with pytest.raises(UserError, match="max_stall=0: Input should be greater than or equal to 1"):
         search.create_optimizer("nsga2", max_stall=0)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nasbench_core.atomic import atomic_write_text
-from nasbench_core.errors import UserError
+from nasbench_core.registry import Registry
 
 
 @dataclass
@@ -38,17 +38,6 @@ class Benchmark:
     run: Callable[[BenchOptions], dict[str, Any]]
 
 
-_REGISTRY: dict[str, Benchmark] = {}
-
-
-def benchmark(name: str, help: str) -> Callable:
-    def register(fn: Callable[[BenchOptions], dict[str, Any]]) -> Callable:
-        _REGISTRY[name] = Benchmark(name, help, fn)
-        return fn
-
-    return register
-
-
 def _discover() -> None:
     package = importlib.import_module("nasbench.bench")
     for info in pkgutil.iter_modules(package.__path__):
@@ -56,9 +45,19 @@ def _discover() -> None:
             importlib.import_module(f"nasbench.bench.{info.name}")
 
 
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark", discover=_discover)
+
+
+def benchmark(name: str, help: str) -> Callable:
+    def register(fn: Callable[[BenchOptions], dict[str, Any]]) -> Callable:
+        BENCHMARKS.add(name, Benchmark(name, help, fn))
+        return fn
+
+    return register
+
+
 def list_benchmarks() -> list[Benchmark]:
-    _discover()
-    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
+    return [entry.obj for entry in BENCHMARKS]
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -85,11 +84,9 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def run_benchmark(name: str, opts: BenchOptions) -> tuple[dict[str, Any], Path]:
-    _discover()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown benchmark {name!r}; known: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    bench = BENCHMARKS.get(name)
     started = time.perf_counter()
-    figures = _REGISTRY[name].run(opts)
+    figures = bench.run(opts)
     report = {
         "benchmark": name,
         "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from nasbench_core.errors import UserError
+import pydantic
+import pydantic.dataclasses
+
+from nasbench_core.registry import Registry
 from search.problem import SearchProblem
 
-_REGISTRY: dict[str, type[Optimizer]] = {}
+OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer", option_word="setting")
+
+settings_dataclass = functools.partial(
+    pydantic.dataclasses.dataclass, config=pydantic.ConfigDict(strict=True, extra="forbid"))
+"""An optimizer's class decorator: its fields are its settings, checked by type and range."""
+
+PositiveInt = Annotated[int, pydantic.Field(ge=1)]
 
 
-@dataclasses.dataclass
+@settings_dataclass
 class Optimizer(ABC):
-    """A search strategy. Subclasses are dataclasses whose fields are their settings.
+    """A search strategy. Subclasses are settings dataclasses whose fields are their settings;
+    the class is its own options model in the registry, so settings are checked by value.
 
     `max_stall`: consecutive steps that found no new arch before the run ends early, so a
     tiny or exhausted space cannot spin forever; a setting like any other.
@@ -24,11 +34,7 @@ class Optimizer(ABC):
 
     name: ClassVar[str] = ""
     help: ClassVar[str] = ""
-    max_stall: int = 50
-
-    def __post_init__(self) -> None:
-        if isinstance(self.max_stall, bool) or not isinstance(self.max_stall, int) or self.max_stall < 1:
-            raise UserError(f"optimizer {self.name!r}: max_stall={self.max_stall!r} must be an integer >= 1")
+    max_stall: PositiveInt = 50
 
     @abstractmethod
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
@@ -38,24 +44,16 @@ class Optimizer(ABC):
 def register_optimizer(name: str, help: str) -> Callable[[type[Optimizer]], type[Optimizer]]:
     def deco(cls: type[Optimizer]) -> type[Optimizer]:
         cls.name, cls.help = name, help
-        _REGISTRY[name] = cls
-        return cls
+        return OPTIMIZERS.register(name, options=cls, help=help)(cls)
 
     return deco
 
 
 def list_optimizers() -> list[str]:
-    return sorted(_REGISTRY)
+    return OPTIMIZERS.list()
 
 
 def create(name: str, **kwargs: Any) -> Optimizer:
-    """An optimizer by registry name; unknown names or settings are one-line UserErrors."""
-    if name not in _REGISTRY:
-        raise UserError(f"unknown optimizer {name!r}; known: {', '.join(list_optimizers())}")
-    cls = _REGISTRY[name]
-    fields = {f.name for f in dataclasses.fields(cls)}
-    bad = sorted(set(kwargs) - fields)
-    if bad:
-        raise UserError(f"optimizer {name!r} has no setting {bad[0]!r}; settings: "
-                        f"{', '.join(sorted(fields)) or '(none)'}")
-    return cls(**kwargs)
+    """An optimizer by registry name with its settings checked by value; unknown names, unknown
+    settings and bad values are one-line UserErrors."""
+    return OPTIMIZERS.validate(name, kwargs)

@@ -8,14 +8,16 @@ and largest archs plus random ones.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
+import pydantic
 
 from search.evaluations import BudgetExhausted
-from search.optimizers.base import Optimizer, register_optimizer
+from search.optimizers.base import Optimizer, PositiveInt, register_optimizer, settings_dataclass
 from search.optimizers.pymoo_search import initial_sampling, integer_operators, rank_rows
 from search.predictors import make_regressor, select_regressor
 from search.predictors.regressors import fit_quietly
@@ -23,13 +25,13 @@ from search.problem import PymooProblem, SearchProblem
 
 
 @register_optimizer("linas", help="predictor-assisted NSGA-II (DyNAS-T LINAS)")
-@dataclass
+@settings_dataclass
 class LINAS(Optimizer):
-    pop_size: int = 20
-    inner_pop_size: int = 50
-    inner_generations: int = 40
+    pop_size: PositiveInt = 20
+    inner_pop_size: PositiveInt = 50
+    inner_generations: PositiveInt = 40
     regressors: list[str] = field(default_factory=lambda: ["ridge", "svr"])
-    folds: int = 3
+    folds: Annotated[int, pydantic.Field(ge=2)] = 3
     seed_extremes: bool = True
 
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:

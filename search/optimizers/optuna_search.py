@@ -8,16 +8,15 @@ evaluations table still decides what costs budget, so resumed trials are never r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from nasbench_core.errors import UserError
-from search.optimizers.base import Optimizer, register_optimizer
+from search.optimizers.base import Optimizer, PositiveInt, register_optimizer, settings_dataclass
 from search.problem import SearchProblem
 
-_SAMPLERS = ("nsga2", "tpe")
+Sampler = Literal["nsga2", "tpe"]
 
 
 def _make_sampler(kind: str, seed: int, population_size: int):
@@ -29,33 +28,29 @@ def _make_sampler(kind: str, seed: int, population_size: int):
     return optuna.samplers.TPESampler(seed=seed)
 
 
-def _make_storage(kind: str, workdir: Path | None):
+def _make_storage(kind: Literal["journal", "sqlite"], workdir: Path | None):
     """Journal file (default; ~7x less overhead per trial than sqlite here) or sqlite."""
     if workdir is None:
         return None
     Path(workdir).mkdir(parents=True, exist_ok=True)
     if kind == "sqlite":
         return f"sqlite:///{Path(workdir) / 'optuna.sqlite3'}"
-    if kind == "journal":
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
 
-        return JournalStorage(JournalFileBackend(str(Path(workdir) / "optuna.journal")))
-    raise UserError(f"optuna storage {kind!r} unknown; known: journal, sqlite")
+    return JournalStorage(JournalFileBackend(str(Path(workdir) / "optuna.journal")))
 
 
-@dataclass
+@settings_dataclass
 class OptunaSearch(Optimizer):
-    sampler: str = "tpe"
-    population_size: int = 20
+    sampler: Sampler = "tpe"
+    population_size: PositiveInt = 20
     study_name: str = "nasbench-search"
-    storage: str = "journal"
+    storage: Literal["journal", "sqlite"] = "journal"
 
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
         import optuna
 
-        if self.sampler not in _SAMPLERS:
-            raise UserError(f"optuna sampler {self.sampler!r} unknown; known: {_SAMPLERS}")
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = _make_sampler(self.sampler, seed, self.population_size)
         storage = _make_storage(self.storage, workdir)
@@ -79,12 +74,12 @@ class OptunaSearch(Optimizer):
 
 
 @register_optimizer("optuna", help="optuna's default sampler, TPESampler (file storage for resume)")
-@dataclass
+@settings_dataclass
 class OptunaDefault(OptunaSearch):
-    sampler: str = "tpe"
+    sampler: Sampler = "tpe"
 
 
 @register_optimizer("optuna_nsga2", help="optuna NSGAIISampler (file storage for resume)")
-@dataclass
+@settings_dataclass
 class OptunaNSGA2(OptunaSearch):
-    sampler: str = "nsga2"
+    sampler: Sampler = "nsga2"

@@ -7,11 +7,12 @@ resumed search seeds its first population with the best rows already in the tabl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from math import comb
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import pydantic
 from pymoo.core.evaluator import Evaluator as PymooEvaluator
 from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
@@ -22,7 +23,7 @@ from pymoo.termination.max_gen import MaximumGenerationTermination
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
 from search.evaluations import BudgetExhausted
-from search.optimizers.base import Optimizer, register_optimizer
+from search.optimizers.base import Optimizer, PositiveInt, register_optimizer, settings_dataclass
 from search.problem import SearchProblem
 
 
@@ -98,10 +99,10 @@ def run_ask_tell(algorithm, problem: SearchProblem, seed: int, max_stall: int) -
         stall = stall + 1 if ev.n_new == before else 0
 
 
-@dataclass
+@settings_dataclass
 class _PymooOptimizer(Optimizer):
-    pop_size: int = 20
-    eta: float = 3.0
+    pop_size: PositiveInt = 20
+    eta: Annotated[float, pydantic.Field(gt=0)] = 3.0
     seed_extremes: bool = True
 
     def make(self, problem: SearchProblem, seed: int):
@@ -112,7 +113,7 @@ class _PymooOptimizer(Optimizer):
 
 
 @register_optimizer("nsga2", help="pymoo NSGA-II on the integer encoding (default)")
-@dataclass
+@settings_dataclass
 class NSGA2Search(_PymooOptimizer):
     def make(self, problem: SearchProblem, seed: int):
         from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -131,7 +132,7 @@ def das_dennis_partitions(n_obj: int, pop_size: int) -> int:
 
 
 @register_optimizer("nsga3", help="pymoo NSGA-III with Das-Dennis reference directions")
-@dataclass
+@settings_dataclass
 class NSGA3Search(_PymooOptimizer):
     def make(self, problem: SearchProblem, seed: int):
         from pymoo.algorithms.moo.nsga3 import NSGA3
@@ -146,7 +147,7 @@ class NSGA3Search(_PymooOptimizer):
 
 
 @register_optimizer("agemoea", help="pymoo AGE-MOEA (adaptive geometry; suits 3+ objectives)")
-@dataclass
+@settings_dataclass
 class AGEMOEASearch(_PymooOptimizer):
     def make(self, problem: SearchProblem, seed: int):
         from pymoo.algorithms.moo.age import AGEMOEA

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from search.evaluations import BudgetExhausted
-from search.optimizers.base import Optimizer, register_optimizer
+from search.optimizers.base import Optimizer, PositiveInt, register_optimizer, settings_dataclass
 from search.problem import SearchProblem
 
 
 @register_optimizer("random", help="uniform random archs until the budget is spent")
-@dataclass
+@settings_dataclass
 class RandomSearch(Optimizer):
-    batch_size: int = 20
+    batch_size: PositiveInt = 20
 
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
         ev = problem.evaluator

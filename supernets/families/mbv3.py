@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from supernets.base import Supernet, register_supernet, training_layout
+from supernets.base import Supernet, training_layout
 from supernets.families._common import activation, active_blocks, choices, count, per_block, preset_kwargs
 from supernets.ops import (
     DynamicBatchNorm2d,
@@ -29,6 +29,7 @@ from supernets.ops import (
     make_divisible,
     permute_,
 )
+from supernets.registry import register_supernet
 from supernets.space import Arch, SearchSpace
 from supernets.stock import Residual, SqueezeExcite
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nasbench_core.errors import UserError
-from supernets.base import Supernet, register_supernet, training_layout
+from supernets.base import Supernet, training_layout
 from supernets.families._common import active_blocks, choices, count, per_block, preset_kwargs
 from supernets.families.mbv3 import _init_weights
 from supernets.ops import (
@@ -29,6 +29,7 @@ from supernets.ops import (
     make_divisible,
     permute_,
 )
+from supernets.registry import register_supernet
 from supernets.space import Arch, SearchSpace
 from supernets.stock import Residual
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nasbench_core.errors import UserError
-from supernets.base import Supernet, register_supernet
+from supernets.base import Supernet
 from supernets.families._common import choices, per_block, preset_kwargs
 from supernets.ops import (
     DynamicAttention,
@@ -29,6 +29,7 @@ from supernets.ops import (
     make_divisible,
     permute_,
 )
+from supernets.registry import register_supernet
 from supernets.space import Arch, SearchSpace
 from supernets.stock import PatchEmbed, Residual, SelectToken
 
