@@ -60,18 +60,6 @@ def fit(
             on_epoch(epoch, running / max(batches, 1))
 
 
-def small_cnn(in_chans: int, num_classes: int, width: int = 16) -> nn.Module:
-    """A small standard CNN: the quickstart's baseline model before supernets exist."""
-    return nn.Sequential(
-        nn.Conv2d(in_chans, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-        nn.Conv2d(width, 2 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * width),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(2 * width, 4 * width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4 * width),
-        nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * width, num_classes),
-    )
-
-
 def adam_train_fn(epoch_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
                   per_epoch: int, lr: float = 1e-3) -> Callable[[nn.Module, Any, Callable], None]:
     """A pruners `train_fn(model, span, on_step)`: Adam on cross-entropy for `span`.
@@ -97,4 +85,3 @@ def adam_train_fn(epoch_batches: Callable[[], Iterable[tuple[torch.Tensor, torch
         model.eval()
 
     return train
-

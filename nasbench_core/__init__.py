@@ -1,4 +1,4 @@
-"""Shared ground for every nasbench package: user errors, seeding, atomic file writes.
+"""Shared ground for every nasbench package: user errors, the registry, seeding, atomic writes.
 
 It sits below `supernets`, `pruners`, `search` and `cuda_ext` so that library code can raise
 the same `UserError` family the CLI turns into a one-line message and exit status 2.
@@ -13,6 +13,7 @@ from nasbench_core.errors import (
     RunError,
     UserError,
 )
+from nasbench_core.registry import Entry, Registry
 from nasbench_core.seeding import seed_everything, torch_generator
 
 __all__ = [
@@ -20,6 +21,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "Entry",
+    "Registry",
     "RunError",
     "UserError",
     "atomic_path",

@@ -14,10 +14,6 @@ import numpy as np
 from pruners.errors import PruneError
 
 
-def total_to_prune(sparsity: float, n: int) -> int:
-    return round(sparsity * n)
-
-
 def largest_remainder(
     ideal: Sequence[float], total: int, caps: Sequence[int], floors: Sequence[int] | None = None
 ) -> list[int]:

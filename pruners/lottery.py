@@ -186,7 +186,9 @@ def lottery_ticket(
         if not 0.0 <= sparsity < 1.0:
             raise PruneError(f"sparsity={sparsity} is outside [0, 1)")
         k_final = round(sparsity * n)
-        levels = math.ceil(math.log(1 - sparsity) / math.log(1 - fraction)) if k_final else 0
+        # fewest levels whose compounded sparsity reaches the target; the tolerance keeps
+        # log(0.64)/log(0.8) = 2.0000000000000004 from adding a level that prunes nothing
+        levels = math.ceil(math.log(1 - sparsity) / math.log(1 - fraction) - 1e-9) if k_final else 0
     if levels is None or levels < 0:
         raise PruneError("give levels >= 0 or a target sparsity")
 

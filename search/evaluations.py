@@ -25,7 +25,6 @@ from search.objectives import Objective
 from search.pareto import pareto_mask
 
 BASE_COLUMNS = ["arch_id", "arch"]
-TAIL_COLUMNS = ["source", "device", "seed", "generation", "timestamp"]
 COUNT_COLUMNS = ("params", "macs")
 METADATA_KEY = b"nasbench.evaluations"
 

@@ -110,11 +110,16 @@ def test_bad_python_calls_are_one_line_user_errors(call, needle):
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-def test_search_resume_true_continues_the_named_run(tmp_path):
-    base = {"supernet": {"family": "mbv3", "preset": "tiny"},
+def tiny_search(root: Path, name: str, objectives: list[str]) -> dict:
+    """An untrained tiny mbv3 searched at random: seconds, enough to test resuming."""
+    return {"supernet": {"family": "mbv3", "preset": "tiny"},
             "data": {"name": "digits", "resolution": 16, "channels": 1, "limit": 200},
-            "objectives": ["top1", "params"], "optimizer": {"name": "random", "settings": {"batch_size": 2}},
-            "evaluation": {"bn_batches": 1, "val_batches": 1}, "run": {"root": tmp_path, "name": "r"}}
+            "objectives": objectives, "optimizer": {"name": "random", "settings": {"batch_size": 2}},
+            "evaluation": {"bn_batches": 1, "val_batches": 1}, "run": {"root": root, "name": name}}
+
+
+def test_search_resume_true_continues_the_named_run(tmp_path):
+    base = tiny_search(tmp_path, "r", ["top1", "params"])
     first = nasbench.search(base, budget=2, quiet=True)
     before = first.evaluations
     manifest = json.loads((first.path / "manifest.json").read_text())
@@ -126,10 +131,7 @@ def test_search_resume_true_continues_the_named_run(tmp_path):
 
 
 def test_a_completed_search_grows_with_a_larger_budget_and_records_it(tmp_path):
-    base = {"supernet": {"family": "mbv3", "preset": "tiny"},
-            "data": {"name": "digits", "resolution": 16, "channels": 1, "limit": 200},
-            "objectives": ["params", "macs"], "optimizer": {"name": "random", "settings": {"batch_size": 2}},
-            "evaluation": {"bn_batches": 1, "val_batches": 1}, "run": {"root": tmp_path, "name": "g"}}
+    base = tiny_search(tmp_path, "g", ["params", "macs"])
     first = nasbench.search(base, budget=2, quiet=True)
     before = first.evaluations["arch_id"].tolist()
     with pytest.raises(RunError, match="already completed with 2 evaluations; set a budget above 2"):
@@ -139,6 +141,22 @@ def test_a_completed_search_grows_with_a_larger_budget_and_records_it(tmp_path):
     assert len(grown.evaluations) == 5 and grown.status == "completed"
     assert grown.evaluations["arch_id"].iloc[:2].tolist() == before
     assert grown.config.budget == 5 and nasbench.load_run(grown.path).config.budget == 5
+
+
+def test_there_is_one_runner_module_per_job_and_each_is_driven_by_a_public_function():
+    import importlib
+    import pkgutil
+
+    import nasbench.runners
+
+    modules = {m.name for m in pkgutil.iter_modules(nasbench.runners.__path__)}
+    assert modules == {"config", "train", "search", "prune", "export", "latency", "quickstart"}
+    jobs = {"train": "run", "search": "run", "prune": "run", "quickstart": "run", "export": "export",
+            "latency": "measure"}
+    for module, fn in jobs.items():
+        assert callable(getattr(importlib.import_module(f"nasbench.runners.{module}"), fn))
+    public = {"train", "search", "prune", "quickstart", "export", "measure_latency", "fit_latency"}
+    assert public <= set(nasbench.__all__) and all(callable(getattr(nasbench, f)) for f in public)
 
 
 @pytest.mark.parametrize("command", ["train", "search", "prune", "latency", "quickstart"])
@@ -158,3 +176,12 @@ def test_nothing_in_nasbench_imports_the_cli_layer():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{rel}: {n}" for n in names if n.startswith(("nasbench.commands", "nasbench.cli"))]
     assert offenders == []
+
+
+def test_rays_private_api_is_used_in_one_module_only():
+    """`ray._private`, `ray._raylet` and `ray.init(_...)` live in distributed/ray_private.py."""
+    import re
+
+    users = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "nasbench").rglob("*.py")
+                   if re.search(r"\bray\._|\"_node_ip_address\"", path.read_text()))
+    assert users == ["nasbench/distributed/ray_private.py"]

@@ -60,3 +60,20 @@ def test_prune_user_errors_exit_2_with_one_line(cli, tmp_path, override, message
     assert message in res.err
     assert len(res.err.strip().splitlines()) == 1
     assert not (tmp_path / "results").exists()  # refused before any run directory
+
+
+def test_lottery_through_the_runner_gets_its_declared_needs(tmp_path):
+    """The runner supplies what the lottery entry declares: a train_fn (it trains between
+    levels), an out_dir (its per-level state, for resume) and on_level (a metrics row per level)."""
+    import nasbench
+
+    run = nasbench.prune({"run": {"name": "lt", "root": tmp_path},
+                          "data": {"name": "digits", "resolution": 16, "channels": 1, "limit": 128},
+                          "model": {"source": "timm", "name": "test_resnet"},
+                          "prune": {"method": "lottery", "sparsity": 0.35,
+                                    "kwargs": {"fraction": 0.2, "train": "2it", "rewind": "1it"}},
+                          "finetune": {"epochs": 0}, "onnx": False}, quiet=True)
+    stages = list(run.metrics["stage"])
+    assert stages == ["dense", "level_0", "level_1", "level_2", "pruned"]
+    assert run.manifest["summary"]["sparsity"] == pytest.approx(0.35, abs=1e-3)
+    assert sorted(p.name for p in (run.path / "lottery").iterdir())  # its resumable state lives in the run

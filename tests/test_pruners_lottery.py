@@ -23,6 +23,15 @@ def test_parse_span():
             pruners.parse_span(bad)
 
 
+@pytest.mark.parametrize(("sparsity", "levels"), [(0.2, 1), (0.36, 2), (0.488, 3), (0.5, 4), (0.59, 4)])
+def test_a_target_sparsity_takes_the_fewest_levels_that_reach_it(sparsity, levels):
+    """fraction 0.2 compounds to 0.2, 0.36, 0.488, 0.5904: exact hits need no extra level."""
+    records = pruners.lottery_ticket(small_cnn(), sgd_train_fn(), sparsity=sparsity, fraction=0.2,
+                                     rewind="0it", train="1it")
+    assert [r["level"] for r in records] == list(range(levels + 1))
+    assert records[-1]["sparsity"] == pytest.approx(sparsity, abs=1e-3)
+
+
 @pytest.mark.parametrize(("rewind", "train", "expected"), [
     ("0it", "6it", [6, 6, 6]), ("2it", "6it", [6, 4, 4]), ("1ep", "2ep", [6, 3, 3]),
 ])

@@ -24,3 +24,18 @@ def test_quickstart_runs_the_whole_pipeline(cli, tmp_path):
     assert 0.0 <= summary["prune"]["acc_finetuned"] <= 1.0
     assert (run.path / "prune" / "pruned.onnx").exists()
     assert "Open next" in result.out
+
+
+@pytest.mark.slow
+def test_python_quickstart_returns_the_run_tree_it_wrote(tmp_path):
+    import nasbench
+
+    run = nasbench.quickstart(quiet=True, epochs=1, latency_samples=10, search_budget=6, population=4,
+                              finetune_epochs=0, **{"run.root": tmp_path})
+    assert run.path == tmp_path / "quickstart" and run.status == "completed"
+    assert type(run.config).__name__ == "QuickstartConfig" and run.config.search_budget == 6
+    steps = {step: load_run(run.path / step) for step in ("train", "latency", "search", "prune")}
+    assert all(step.status == "completed" for step in steps.values())
+    assert len(steps["search"].evaluations) == 6
+    prune = run.manifest["summary"]["prune"]
+    assert prune["acc_finetuned"] == prune["acc_pruned"]  # finetune_epochs=0: nothing trained after

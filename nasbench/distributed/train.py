@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nasbench.distributed.ray_private import LOOPBACK, keep_ray_on_loopback, use_local_cluster_token
 from nasbench_core.errors import UserError
 
 EpochHook = Callable[[int, int, bool], None]
 STORAGE_DIR = "ray"
 TRAIN_NAME = "train"
-LOOPBACK = "127.0.0.1"
 CHECKPOINT_SUFFIXES = (".safetensors", ".optim.safetensors", ".json")
 
 
@@ -167,10 +167,9 @@ def ray_session(address: str | None) -> Iterator[None]:
     kwargs: dict[str, Any] = {}
     target = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
     if target is None or _is_loopback(target):
-        _keep_ray_on_loopback()
-        kwargs["_node_ip_address"] = LOOPBACK
+        kwargs.update(keep_ray_on_loopback())
     if address is not None:
-        _use_local_cluster_token(address)
+        use_local_cluster_token(address)
     ray.init(address=address, **kwargs)
     try:
         yield
@@ -181,36 +180,6 @@ def ray_session(address: str | None) -> Iterator[None]:
 def _is_loopback(address: str) -> bool:
     host = address.rsplit(":", 1)[0]
     return host in {LOOPBACK, "localhost", "::1", "[::1]"}
-
-
-def _keep_ray_on_loopback() -> None:
-    """Make Ray treat loopback as this node's address (its documented OSX/Windows switch).
-
-    Ray reads the variable when `ray._private.ray_constants` is imported, so a process that
-    imported Ray already also needs the constant itself updated.
-    """
-    import ray._private.ray_constants as ray_constants
-
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-
-
-def _use_local_cluster_token(address: str) -> None:
-    """Turn on token auth for this driver, with the local cluster's token if that's the target.
-
-    Ray caches the auth mode and token at import; re-initialising its config is what Ray
-    itself does when it enables token auth for a process.
-    """
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    from nasbench.distributed.cluster import nasbench_home, read_state
-
-    state = read_state(nasbench_home())
-    if state is not None and address == state.address:
-        os.environ["RAY_AUTH_TOKEN_PATH"] = state.token_path
-    os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _stored_epochs(experiment_dir: Path) -> int:

@@ -7,7 +7,6 @@ take seconds and repeat exactly.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -77,7 +76,3 @@ def load_builtin(path: str | Path | None = None) -> TabularBenchmark:
     if len(table) != int(SPACE.cardinality):
         raise UserError(f"{target}: expected {int(SPACE.cardinality)} archs, found {len(table)}")
     return TabularBenchmark("digits", space, table, metadata)
-
-
-def describe(bench: TabularBenchmark) -> str:
-    return json.dumps({"archs": len(bench.table), **{k: v for k, v in bench.metadata.items() if k != "space"}})
