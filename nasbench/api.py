@@ -80,10 +80,14 @@ def quickstart(config: ConfigInput = None, /, *, quiet: bool = False, **override
 
 def export(run: Run | str | os.PathLike, *, arch_id: str | None = None,
            pick: str | Sequence[str] | None = None, objective: str | None = None,
-           quiet: bool = False) -> ExportResult:
-    """Export one arch of a search run to safetensors + ONNX (verified with onnxruntime)."""
+           pick_from: str | None = None, quiet: bool = False) -> ExportResult:
+    """Export one arch of a search run to safetensors + ONNX (verified with onnxruntime): by
+    `arch_id`, or the best `objective` (default top1) meeting every `pick` constraint among the
+    run's Pareto front of feasible archs (`pick_from="front"`, the default) or among all its
+    evaluations (`pick_from="all"`); ties are broken deterministically (see `choose_row`)."""
     with quieted(quiet):
-        return _export.export(run, arch_id=arch_id, pick=pick or (), objective=objective)
+        return _export.export(run, arch_id=arch_id, pick=pick or (), objective=objective,
+                              pick_from=pick_from)
 
 
 def measure_latency(config: ConfigInput = None, /, *, quiet: bool = False, **overrides: Any) -> Run:

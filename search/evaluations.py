@@ -8,11 +8,20 @@ never re-evaluates an arch_id the table already has, which is what makes a searc
 
 Stored dtypes (`table_dtypes`, applied on every write and read): `timestamp` is
 datetime64[ns, UTC], the counts `params`/`macs` are int64 (nullable Int64 where one is missing).
+
+Durability: an `Evaluator` given an `EvaluationLog` appends every finished evaluation to a
+JSON-lines journal next to the table (`evaluations.parquet` -> `evaluations.log.jsonl`), with
+write + flush + fsync, before it starts the next one. The Parquet file is a snapshot rewritten
+atomically from the evaluator's rows at each batch end; `read_table` adds the journal rows the
+snapshot lacks (by arch_id), so a search killed mid-batch loses at most the evaluation in flight,
+and every reader (resume, `Run.evaluations`, `nasbench results`, export) sees the recovered rows.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -78,6 +87,10 @@ def table_dtypes(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+ARCH_IDS = "canonical"
+"""How a table's arch_ids were made; tables from before canonical archs lack it."""
+
+
 def table_metadata(objectives: Sequence[Objective], device: str, space_fingerprint: str,
                    extra: Sequence[Objective] = ()) -> dict:
     """`objectives` are what the front is over; `extra` metrics (measured for constraints only)
@@ -90,6 +103,7 @@ def table_metadata(objectives: Sequence[Objective], device: str, space_fingerpri
         "sources": {o.name: o.source for o in metrics},
         "device": device,
         "space_fingerprint": space_fingerprint,
+        "arch_ids": ARCH_IDS,
     }
 
 
@@ -116,6 +130,129 @@ def write_table(path: str | Path, df: pd.DataFrame, metadata: dict) -> None:
         pq.write_table(table.replace_schema_metadata(meta), tmp)
 
 
+LOG_SUFFIX = ".log.jsonl"
+
+
+def log_path(table_path: str | Path) -> Path:
+    """The journal of a table: `evaluations.parquet` -> `evaluations.log.jsonl`."""
+    table_path = Path(table_path)
+    return table_path.with_name(table_path.stem + LOG_SUFFIX)
+
+
+def _json_cell(value) -> str:
+    """One cell as strict JSON: NaN is `null`, +-inf are `1e999`/`-1e999` (which parse back as
+    +-inf), timestamps are ISO 8601 with offset and nanoseconds (exact), numpy scalars plain."""
+    if isinstance(value, pd.Timestamp):
+        value = value.isoformat()
+    elif hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return "null" if math.isnan(value) else ("1e999" if value > 0 else "-1e999")
+    return json.dumps(value)
+
+
+def log_line(row: Mapping) -> bytes:
+    """A row as one journal line (newline included)."""
+    cells = ",".join(f"{json.dumps(str(k))}:{_json_cell(v)}" for k, v in row.items())
+    return ("{" + cells + "}\n").encode()
+
+
+class EvaluationLog:
+    """An append-only journal of evaluated rows, one strict-JSON object per line.
+
+    `append` writes the line, flushes and fsyncs before returning. A process killed mid-write
+    leaves a last line without its newline: `read_log` ignores it, and the next writer cuts it
+    off before its first append, so it never glues onto a new row. Only the process holding the
+    run's lock writes. The journal is never truncated otherwise: it is small (one line per true
+    evaluation) and readers take each arch_id once.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fh = None
+
+    def append(self, row: Mapping) -> None:
+        if self._fh is None:
+            self._open()
+        self._fh.write(log_line(row))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def _open(self) -> None:
+        created = not self.path.exists()
+        fh = open(self.path, "ab")  # noqa: SIM115 - stays open across appends; close() closes it
+        complete = _complete_length(self.path)
+        if fh.tell() != complete:  # a torn last line from a killed writer
+            fh.truncate(complete)
+            os.fsync(fh.fileno())
+        if created:  # make the new directory entry durable too
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        self._fh = fh
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> EvaluationLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _complete_length(path: Path) -> int:
+    """Bytes up to and including the last newline: what survives of a torn journal."""
+    data = path.read_bytes()
+    return data.rfind(b"\n") + 1
+
+
+def read_log(path: str | Path) -> pd.DataFrame:
+    """The journal's rows, each arch_id once (its first line; an empty frame without a
+    journal); a torn last line is ignored. `timestamp` comes back as datetime64[ns, UTC], numbers
+    as written (`null` is NaN); `merge_log` casts to a table's dtypes."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame()
+    data = path.read_bytes()
+    records = []
+    for number, line in enumerate(data[: data.rfind(b"\n") + 1].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+    df = pd.DataFrame.from_records(records)
+    if "arch_id" in df.columns:
+        df = df.drop_duplicates("arch_id", ignore_index=True)
+    if "timestamp" in df.columns:
+        df["timestamp"] = _utc_timestamps(df["timestamp"])
+    return df
+
+
+def merge_log(df: pd.DataFrame, log: pd.DataFrame) -> pd.DataFrame:
+    """`df` plus the `log` rows whose arch_id it lacks, in `df`'s dtypes (`table_dtypes`)."""
+    if log.empty:
+        return df
+    missing = log[~log["arch_id"].isin(df["arch_id"])] if "arch_id" in df.columns else log
+    if missing.empty:
+        return df
+    missing = missing.copy()
+    for column in missing.columns:  # `null` -> NaN in the table's numeric columns
+        if column in df.columns and pd.api.types.is_numeric_dtype(df[column]) \
+                and not pd.api.types.is_bool_dtype(df[column]):
+            missing[column] = pd.to_numeric(missing[column])
+    parts = [part for part in (df, missing) if len(part)]
+    merged = pd.concat(parts, ignore_index=True) if len(parts) > 1 else missing.reset_index(drop=True)
+    columns = [*df.columns, *(c for c in missing.columns if c not in df.columns)]
+    return table_dtypes(merged.reindex(columns=columns))
+
+
 def _nasbench_metadata(schema) -> dict:
     raw = (schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
@@ -132,7 +269,8 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """The table in the stored dtypes and its nasbench metadata ({} if the file has none).
 
     A stored `is_pareto` (older files) is dropped, not trusted; `df.attrs["units"]` carries the
-    metadata's units so plots can label axes.
+    metadata's units so plots can label axes. Rows of the table's journal (`log_path`) that the
+    file lacks, written after its last compaction by a search that was then killed, are added.
     """
     import pyarrow.parquet as pq
 
@@ -142,6 +280,7 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
     table = pq.read_table(path)
     metadata = _nasbench_metadata(table.schema)
     df = table_dtypes(table.to_pandas().drop(columns=["is_pareto"], errors="ignore"))
+    df = merge_log(df, read_log(log_path(path)))
     df.attrs["units"] = dict(metadata.get("units", {}))
     return df, metadata
 
@@ -168,7 +307,10 @@ class Evaluator:
 
     `objectives` are what the optimizer minimises/maximises; `extra` metrics are measured only
     so constraints can use them. `budget` caps the number of new (true) evaluations.
-    `on_update(df)` runs after every batch (the CLI uses it to persist the table).
+    `log` (an `EvaluationLog`) gets every new row, durably, as soon as it is measured;
+    `on_update(df)` runs after every batch (the CLI uses it to compact the table to Parquet).
+    `next_generation` is one past the largest `generation` of `table` (0 without one), where a
+    resumed search continues counting.
     """
 
     def __init__(
@@ -182,6 +324,7 @@ class Evaluator:
         seed: int = 0,
         budget: int | None = None,
         on_update: Callable[[pd.DataFrame], None] | None = None,
+        log: EvaluationLog | None = None,
     ):
         self.space = space
         self.objectives = list(objectives)
@@ -190,6 +333,7 @@ class Evaluator:
         self.seed = seed
         self.budget = budget
         self.on_update = on_update
+        self.log = log
         self.n_new = 0
         base = table_dtypes(empty_table([m.name for m in self.metrics]) if table is None else table)
         for m in self.metrics:  # floats while searching: NaN marks an unmeasured value
@@ -199,6 +343,9 @@ class Evaluator:
         self._records: list[dict] = base.to_dict("records")
         self._rows: dict[str, int] = {r["arch_id"]: i for i, r in enumerate(self._records)}
         self._df: pd.DataFrame | None = base
+        generations = pd.to_numeric(base["generation"], errors="coerce").dropna() \
+            if "generation" in base.columns else pd.Series(dtype=float)
+        self.next_generation = int(generations.max()) + 1 if len(generations) else 0
 
     @property
     def names(self) -> list[str]:
@@ -227,11 +374,13 @@ class Evaluator:
         return self._df
 
     def evaluate(self, archs: Sequence[dict], generation: int = 0) -> pd.DataFrame:
-        """Rows (one per arch, input order) of all metrics; evaluates only unseen arch_ids.
+        """Rows (one per arch, input order) of all metrics; evaluates only unseen subnets
+        (archs are canonicalised, so encodings of one subnet share its row).
 
         Stops with `BudgetExhausted` before the first new evaluation past the budget; rows
         evaluated before that are already in the table.
         """
+        archs = [self.space.canonical(a) for a in archs]  # one subnet, one row: never twice
         ids = [self.space.arch_id(a) for a in archs]
         new_rows = []
         try:
@@ -240,7 +389,10 @@ class Evaluator:
                     continue
                 if self.remaining <= 0:
                     raise BudgetExhausted
-                new_rows.append(self._measure(arch, aid, generation))
+                row = self._measure(arch, aid, generation)
+                if self.log is not None:  # durable before the next evaluation starts
+                    self.log.append(row)
+                new_rows.append(row)
                 self.n_new += 1
         finally:
             self._append(new_rows)
@@ -253,7 +405,7 @@ class Evaluator:
         sources = {m.source for m in self.metrics}
         return {
             "arch_id": aid,
-            "arch": self.space.canonical(arch),
+            "arch": self.space.canonical_json(arch),
             **values,
             "source": sources.pop() if len(sources) == 1 else "mixed",
             "device": self.device,
@@ -288,6 +440,9 @@ def check_compatible(metadata: dict, *, space_fingerprint: str, device: str,
             f"evaluations table is from search space {fp}; this supernet's space is "
             f"{space_fingerprint}"
         )
+    if metadata and metadata.get("arch_ids") != ARCH_IDS:
+        raise UserError("evaluations table predates canonical arch ids (one subnet could have "
+                        "several rows); start a new search run instead of resuming this one")
     dev = metadata.get("device")
     if dev is not None and dev != device:
         raise UserError(f"evaluations table was measured on device {dev!r}, not {device!r}")

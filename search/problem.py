@@ -87,7 +87,7 @@ class SearchProblem:
             if c.column not in metric_names:
                 raise UserError(f"constraint '{c}' names {c.column!r}, which is not measured; "
                                 f"measured: {', '.join(metric_names)}")
-        self.generation = 0
+        self.generation = evaluator.next_generation  # a resumed search keeps counting
 
     @property
     def n_var(self) -> int:

@@ -23,7 +23,11 @@ from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import CheckpointError, UserError
 
 FORMAT = "nasbench.checkpoint/1"
-RESERVED = ("format", "build_config", "space_fingerprint", "space", "mos", "optimizer", "scheduler")
+RESERVED = ("format", "build_config", "space_fingerprint", "space", "mos", "mos_router_input", "optimizer",
+            "scheduler")
+MOS_ROUTER_INPUT = "active-only"
+"""What a MoS router was trained on: arch features with inactive blocks zeroed. Checkpoints
+from before that (their router saw inactive blocks' choices) would compute other functions."""
 _EPOCH_STEM = re.compile(r"^epoch_(\d+)$")
 
 
@@ -47,6 +51,7 @@ def save_checkpoint(
         "space_fingerprint": net.space.fingerprint(),
         "space": net.space.to_dict(),
         "mos": bool(build_config.get("mos")),
+        **({"mos_router_input": MOS_ROUTER_INPUT} if build_config.get("mos") else {}),
         **meta,
     }
     with atomic_path(_file(stem, ".safetensors")) as tmp:
@@ -193,6 +198,11 @@ def _check_compatible(stem: Path, doc: dict[str, Any], net: nn.Module) -> None:
         raise CheckpointError(
             f"checkpoint {stem} holds {theirs_kind} but the model is {ours_kind}; "
             "set supernet.mos to match the checkpoint"
+        )
+    if doc.get("mos") and doc.get("mos_router_input") != MOS_ROUTER_INPUT:
+        raise CheckpointError(
+            f"checkpoint {stem} is a mixture-of-supernets whose router was trained on the old "
+            "arch features (inactive blocks included); retrain it with this version"
         )
     if doc.get("space_fingerprint") != net.space.fingerprint():
         raise CheckpointError(

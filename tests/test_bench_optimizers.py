@@ -29,7 +29,7 @@ def table_file(tmp_path_factory):
         f = SPACE.features(arch).astype(float)
         wobble = ((i * 37) % 11) / 11.0
         rows.append({
-            "arch_id": SPACE.arch_id(arch), "arch": SPACE.canonical(arch),
+            "arch_id": SPACE.arch_id(arch), "arch": SPACE.canonical_json(arch),
             "top1": 80 + 15 * (1 - np.exp(-f.sum() + 0.4 * wobble)),
             "latency_ms": 0.2 + f @ np.array([0.5, 0.3, 0.2, 0.4, 0.2, 0.6]) + 0.05 * wobble,
             "macs": 1e5 * (1 + f.sum()), "params": 1e4 * (1 + f[0] + 2 * f[-1] + f[3]),

@@ -5,13 +5,6 @@ from __future__ import annotations
 import pytest
 
 from nasbench.bench import cuda_ext as bench
-from nasbench_core.errors import UserError
-
-
-def test_unknown_case_or_method_is_a_user_error():
-    with pytest.raises(UserError, match="cases='vgg'"):
-        bench._names("vgg", bench.CASES, "cases")
-    assert bench._names("resnet50, linear335m", bench.CASES, "cases") == ["resnet50", "linear335m"]
 
 
 def test_ratios_compare_time_and_agreement():

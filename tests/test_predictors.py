@@ -31,7 +31,7 @@ def _table(n: int = 40, seed: int = 0) -> pd.DataFrame:
         arch = SPACE.sample(rng)
         macs = arch["depth"] * arch["width"] ** 2 * arch["kernel"] ** 2
         rows.append({
-            "arch_id": SPACE.arch_id(arch), "arch": SPACE.canonical(arch),
+            "arch_id": SPACE.arch_id(arch), "arch": SPACE.canonical_json(arch),
             "latency_ms": 0.2 + macs / 5e4 * (1 + 0.02 * rng.standard_normal()),
             "top1": 0.5 + 0.1 * arch["depth"] + 0.002 * arch["width"],
             "macs": macs, "device": DEVICE,

@@ -139,19 +139,23 @@ def test_table_schema_and_parquet_metadata(tmp_path) -> None:
     assert meta == {"objectives": ["top1", "macs"], "directions": {"top1": "max", "macs": "min"},
                     "units": {"top1": "fraction", "macs": "MACs"},
                     "sources": {"top1": "measured", "macs": "measured"},
-                    "device": "cpu", "space_fingerprint": SPACE.fingerprint()}
+                    "device": "cpu", "space_fingerprint": SPACE.fingerprint(), "arch_ids": "canonical"}
     assert SPACE.parse(df["arch"][0]) and df["source"].unique().tolist() == ["measured"]
 
 
 def test_resumed_table_must_match_space_and_device() -> None:
     from search.evaluations import check_compatible
 
-    meta = {"space_fingerprint": SPACE.fingerprint(), "device": "cpu:X|torch-eager|batch=1"}
+    meta = {"space_fingerprint": SPACE.fingerprint(), "device": "cpu:X|torch-eager|batch=1",
+            "arch_ids": "canonical"}
     check_compatible(meta, space_fingerprint=SPACE.fingerprint(), device=meta["device"])
     with pytest.raises(UserError, match=re.escape("measured on device 'cpu:X|torch-eager|batch=1'")):
         check_compatible(meta, space_fingerprint=SPACE.fingerprint(), device="cuda:Y")
     with pytest.raises(UserError, match="from search space"):
         check_compatible(meta, space_fingerprint="000000000000", device=meta["device"])
+    with pytest.raises(UserError, match="predates canonical arch ids"):
+        check_compatible({**meta, "arch_ids": None}, space_fingerprint=SPACE.fingerprint(),
+                         device=meta["device"])
     meta["directions"] = {"top1": "max", "macs": "min"}
     with pytest.raises(UserError, match="this search measures"):
         check_compatible(meta, space_fingerprint=SPACE.fingerprint(), device=meta["device"],
@@ -160,7 +164,7 @@ def test_resumed_table_must_match_space_and_device() -> None:
 
 def test_unmeasured_values_are_nan_not_zero() -> None:
     table = pd.DataFrame({"arch_id": [SPACE.arch_id(SPACE.smallest())],
-                          "arch": [SPACE.canonical(SPACE.smallest())], "top1": [0.5],
+                          "arch": [SPACE.canonical_json(SPACE.smallest())], "top1": [0.5],
                           "source": ["measured"], "device": ["cpu"], "seed": [0],
                           "generation": [0], "timestamp": [0.0]})
     ev = Evaluator(SPACE, toy_objectives()[0], table=table)

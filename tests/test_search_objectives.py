@@ -47,7 +47,7 @@ def test_top1_matches_manual_accuracy_and_is_cached(setup, monkeypatch):
 def test_predicted_objective_uses_fitted_predictor(setup):
     net, _, _ = setup
     archs = [net.space.sample(i) for i in range(12)]
-    table = pd.DataFrame({"arch": [net.space.canonical(a) for a in archs],
+    table = pd.DataFrame({"arch": [net.space.canonical_json(a) for a in archs],
                           "top1": [net.space.features(a).mean() for a in archs]})
     predictor = search.AccuracyPredictor(net.space, folds=3, candidates=["ridge"]).fit(table)
     ctx = search.ObjectiveContext(supernet=net, predictors={"top1_pred": predictor})

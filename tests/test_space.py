@@ -49,7 +49,7 @@ def test_arch_id_is_order_independent_and_stable(space):
     shuffled = dict(reversed(list(arch.items())))
     assert space.arch_id(arch) == space.arch_id(shuffled)
     assert len(space.arch_id(arch)) == 12
-    assert space.parse(space.canonical(arch)) == arch
+    assert space.parse(space.canonical_json(arch)) == arch
     with pytest.raises(ArchError, match="not valid JSON"):
         space.parse("{oops")
 

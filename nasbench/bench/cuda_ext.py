@@ -12,7 +12,7 @@ so time and extra peak memory are clean:
 Extra peak memory is peak RSS during the op minus RSS just before it (CUDA: peak allocated bytes
 minus allocated before). Goals: >= 10x faster than kthvalue, >= 40x faster than
 global_unstructured, extra peak <= 1% of the weights' bytes.
-`--set` params: cases=linear335m,resnet50; methods=cuda_ext,kthvalue,global_unstructured;
+`--set` params (`CudaExtSettings`): cases=linear335m,resnet50; methods=cuda_ext,kthvalue,global_unstructured;
 sparsity=0.9; reps=3 (best-of for cuda_ext and kthvalue; global_unstructured runs once).
 """
 
@@ -25,42 +25,37 @@ import resource
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from nasbench.bench.registry import BenchOptions, benchmark
-from nasbench_core.errors import UserError
+from pydantic import Field, PositiveInt
+
+from nasbench.bench.registry import BenchOptions, BenchSettings, benchmark, names_of
 
 CASES = ("linear335m", "resnet50")
 METHODS = ("cuda_ext", "kthvalue", "global_unstructured")
 
 
+class CudaExtSettings(BenchSettings):
+    cases: names_of(CASES, "case") = list(CASES)
+    methods: names_of(METHODS, "method") = list(METHODS)
+    sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9  # k = 0 or every weight: no selection
+    reps: PositiveInt = 3
+
+
 @benchmark(
     "cuda_ext",
     help="exact global k-th |w| (cuda_ext) vs torch.kthvalue and prune.global_unstructured",
+    options=CudaExtSettings,
 )
 def run(opts: BenchOptions) -> dict[str, Any]:
-    params = opts.params
-    cases = _names(params.get("cases", ",".join(CASES)), CASES, "cases")
-    methods = _names(params.get("methods", ",".join(METHODS)), METHODS, "methods")
-    sparsity = float(params.get("sparsity", 0.9))
-    if not 0.0 < sparsity < 1.0:
-        raise UserError(f"sparsity={sparsity} must lie in (0, 1)")
-    reps = int(params.get("reps", 3))
-    figures: dict[str, Any] = {"sparsity": sparsity}
-    for case in cases:
+    s = CudaExtSettings.of(opts)
+    figures: dict[str, Any] = {"sparsity": s.sparsity}
+    for case in s.cases:
         spec = {"case": case, "quick": opts.quick, "device": opts.device, "seed": opts.seed,
-                "sparsity": sparsity, "reps": reps}
-        rows = {m: _in_subprocess({**spec, "method": m}) for m in methods}
+                "sparsity": s.sparsity, "reps": s.reps}
+        rows = {m: _in_subprocess({**spec, "method": m}) for m in s.methods}
         figures[case] = {**rows, **_ratios(rows)}
     return figures
-
-
-def _names(value: str, known: tuple[str, ...], what: str) -> list[str]:
-    names = [v.strip() for v in str(value).split(",") if v.strip()]
-    bad = [n for n in names if n not in known]
-    if bad or not names:
-        raise UserError(f"{what}={value!r}: expected a comma list of {', '.join(known)}")
-    return names
 
 
 def _ratios(rows: dict[str, dict]) -> dict[str, Any]:

@@ -14,25 +14,61 @@ quiet machine, because timer and dispatch noise rival the differences between su
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from nasbench.bench.registry import BenchOptions, benchmark
+from pydantic import BeforeValidator, Field, NonNegativeInt, PositiveInt, TypeAdapter, ValidationError
 
-DEFAULTS: dict[str, Any] = {
-    "family": "mbv3", "preset": "default", "n_train": 150, "n_test": 50, "n_uniform": 50,
-    "backend": "onnxruntime", "clock": "wall", "threads": 1, "batch": 1, "warmup": 3,
-    "repeats": 10, "rounds": 3, "pool_factor": 2, "regressors": "ridge,svr,gbr,mlp",
-    "lut": "auto", "retest": True,
-}
-QUICK = {"preset": "tiny", "n_train": 24, "n_test": 12, "n_uniform": 8, "repeats": 10, "warmup": 3,
-         "regressors": "ridge,svr", "lut": False, "retest": False}
+from nasbench.bench.registry import BenchOptions, BenchSettings, Flag, benchmark, names_of, one_of
+
+_FLAG = TypeAdapter(Flag)
 
 
-def _bool(value: Any) -> bool:
-    return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
+def _auto_or_flag(value: Any) -> Any:
+    """`auto`, or a yes/no read as `Flag` reads it, with one message for both."""
+    if value == "auto":
+        return value
+    try:
+        return _FLAG.validate_python(value)
+    except ValidationError:
+        raise ValueError("expected auto or a yes/no (true, false, 1, 0)") from None
 
 
-@benchmark("latency", help="latency predictor (learned + LUT) vs MACs proxy on this CPU")
+def _supernet_families() -> list[str]:
+    import supernets
+
+    return supernets.list_supernets()
+
+
+def _regressor_names() -> list[str]:
+    from search.predictors.regressors import list_regressors
+
+    return list_regressors()
+
+
+class LatencyBenchSettings(BenchSettings):
+    family: one_of(_supernet_families, "supernet family") = "mbv3"
+    preset: str = "default"  # checked by the family when the supernet is built
+    n_train: Annotated[int, Field(ge=2)] = 150  # a predictor needs 2 measured archs to fit
+    n_test: PositiveInt = 50
+    n_uniform: NonNegativeInt = 50
+    backend: Literal["torch", "onnxruntime"] = "onnxruntime"
+    clock: Literal["wall", "cpu"] = "wall"
+    threads: PositiveInt = 1
+    batch: PositiveInt = 1
+    warmup: NonNegativeInt = 3
+    repeats: PositiveInt = 10
+    rounds: PositiveInt = 3
+    pool_factor: PositiveInt = 2
+    regressors: names_of(_regressor_names, "regressor") = ["ridge", "svr", "gbr", "mlp"]
+    lut: Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_flag)] = "auto"  # auto: torch only
+    retest: Flag = True
+
+    quick_defaults = {"preset": "tiny", "n_train": 24, "n_test": 12, "n_uniform": 8,
+                      "regressors": ["ridge", "svr"], "lut": False, "retest": False}
+
+
+@benchmark("latency", help="latency predictor (learned + LUT) vs MACs proxy on this CPU",
+           options=LatencyBenchSettings)
 def run(opts: BenchOptions) -> dict[str, Any]:
     import numpy as np
 
@@ -47,22 +83,21 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     )
     from search.predictors import kendall_tau, regression_metrics
 
-    p = {**DEFAULTS, **(QUICK if opts.quick else {}), **opts.params}
+    p = LatencyBenchSettings.of(opts)
     settings = LatencySettings(
-        backend=p["backend"], device=opts.device if opts.device != "cpu" else "cpu",
-        batch=int(p["batch"]), threads=int(p["threads"]), warmup=int(p["warmup"]),
-        repeats=int(p["repeats"]), clock=p["clock"],
+        backend=p.backend, device=opts.device if opts.device != "cpu" else "cpu",
+        batch=p.batch, threads=p.threads, warmup=p.warmup, repeats=p.repeats, clock=p.clock,
     ).resolve()
-    net = supernets.create(p["family"], preset=p["preset"]).eval()
+    net = supernets.create(p.family, preset=p.preset).eval()
     space = net.space
-    n_train, n_test, n_uniform = int(p["n_train"]), int(p["n_test"]), int(p["n_uniform"])
+    n_train, n_test, n_uniform = p.n_train, p.n_test, p.n_uniform
 
     def macs_of(arch: dict) -> float:
         return float(count_macs(net.extract(arch), subnet_input_shape(net, arch)))
 
     t0 = time.perf_counter()
     stratified = stratified_sample(space, macs_of, n_train + n_test, opts.seed,
-                                   pool_factor=int(p["pool_factor"]))
+                                   pool_factor=p.pool_factor)
     rng = np.random.default_rng(opts.seed + 1)
     known = {space.arch_id(a) for a in stratified}
     uniform: list[dict] = []
@@ -71,7 +106,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         if space.arch_id(arch) not in known:
             known.add(space.arch_id(arch))
             uniform.append(arch)
-    rounds = int(p["rounds"])
+    rounds = p.rounds
     table = measure_archs(net, stratified + uniform, settings, rounds=rounds, seed=opts.seed)
     _keep_table(table, opts)
     measure_s = time.perf_counter() - t0
@@ -81,7 +116,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     uni = table.iloc[n_train + n_test:]
 
     figures: dict[str, Any] = {
-        "device": settings.device_info().key, "settings": p,
+        "device": settings.device_info().key, "settings": p.model_dump(),
         "n_measured": len(table), "n_train": len(train), "n_test": len(test),
         "n_uniform_test": len(uni), "measure_s": round(measure_s, 1),
         "latency_ms_range": [float(table["latency_ms"].min()), float(table["latency_ms"].max())],
@@ -89,7 +124,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         "macs_tau_test": kendall_tau(test["latency_ms"], test["macs"]),
         "macs_tau_uniform": kendall_tau(uni["latency_ms"], uni["macs"]) if len(uni) > 1 else None,
     }
-    if _bool(p["retest"]):
+    if p.retest:
         # Time the held-out archs again: how well do two measurements of them agree?
         held = table.iloc[order[n_train:]].index.tolist() + list(range(n_train + n_test, len(table)))
         again = measure_archs(net, [space.parse(t) for t in table.loc[held, "arch"]], settings,
@@ -97,7 +132,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         figures["retest_tau_heldout"] = kendall_tau(table.loc[held, "latency_ms"], again["latency_ms"])
         figures["retest_mape_heldout"] = regression_metrics(
             table.loc[held, "latency_ms"], again["latency_ms"])["mape"]
-    candidates = [c for c in str(p["regressors"]).split(",") if c]
+    candidates = p.regressors
     for use_macs in (False, True):
         t1 = time.perf_counter()
         pred = LatencyPredictor(space, use_macs=use_macs, candidates=candidates,
@@ -109,7 +144,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
             "test": pred.evaluate(test),
             "uniform": pred.evaluate(uni) if len(uni) > 1 else None,
         }
-    lut_on = p["backend"] == "torch" if p["lut"] == "auto" else _bool(p["lut"])
+    lut_on = p.backend == "torch" if p.lut == "auto" else p.lut
     if lut_on:
         t2 = time.perf_counter()
         lut = LatencyLUT(settings).fit(net, train)

@@ -10,8 +10,8 @@
    the same archs trained alone from scratch for as many steps (shared by the variants);
    mean |gap| and Kendall tau per variant. Target: MoS gap < plain gap.
 
-`--set` params: families=vit,mbv3; parts=overhead,quality; preset (tiny; `default` for the
-OFA / AutoFormer-T sized spaces); experts (4); threads (1);
+`--set` params (`MosSettings`): families=vit,mbv3; parts=overhead,quality; preset (tiny;
+`default` for the OFA / AutoFormer-T sized spaces); experts (4); threads (1);
 steps (quality training steps, 100); batch (64); archs (random archs besides smallest and
 largest, 6); timed_steps (12).
 """
@@ -22,9 +22,12 @@ import statistics
 import time
 from typing import Any
 
-from nasbench.bench.registry import BenchOptions, benchmark
+from pydantic import NonNegativeInt, PositiveInt
+
+from nasbench.bench.registry import BenchOptions, BenchSettings, benchmark, names_of
 
 VARIANTS = ("plain", "layer", "neuron")
+PARTS = ("overhead", "quality")
 # Per-family recipe, as in the example training configs (AdamW for ViT, SGD for MobileNet).
 RECIPES: dict[str, dict[str, Any]] = {
     "vit": {"optimizer": "adamw", "lr": 2e-3, "weight_decay": 0.05},
@@ -32,19 +35,32 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-@benchmark("mos", help="mixture-of-supernets vs plain: step time, parameters, inherited-vs-scratch gap")
+class MosSettings(BenchSettings):
+    families: names_of(tuple(RECIPES), "family") = list(RECIPES)  # a recipe each
+    parts: names_of(PARTS, "part") = list(PARTS)
+    preset: str = "tiny"  # checked by the family when the first net is built
+    experts: PositiveInt = 4
+    threads: PositiveInt = 1
+    steps: PositiveInt = 100
+    batch: PositiveInt = 64
+    archs: NonNegativeInt = 6  # random ones, besides smallest and largest
+    timed_steps: PositiveInt = 12
+
+    quick_defaults = {"steps": 6, "archs": 2, "timed_steps": 2}
+
+
+@benchmark("mos", help="mixture-of-supernets vs plain: step time, parameters, inherited-vs-scratch gap",
+           options=MosSettings)
 def run(opts: BenchOptions) -> dict[str, Any]:
     import torch
 
-    p = opts.params
-    torch.set_num_threads(int(p.get("threads", 1)))
-    families = str(p.get("families", "vit,mbv3")).split(",")
-    parts = str(p.get("parts", "overhead,quality")).split(",")
-    figures: dict[str, Any] = {"experts": int(p.get("experts", 4)),
+    s = MosSettings.of(opts)
+    torch.set_num_threads(s.threads)
+    figures: dict[str, Any] = {"experts": s.experts,
                                "threads": torch.get_num_threads(), "families": {}}
-    for family in families:
+    for family in s.families:
         out: dict[str, Any] = {}
-        for part in parts:
+        for part in s.parts:
             fn = {"overhead": overhead, "quality": quality}[part]
             started = time.perf_counter()
             out[part] = fn(opts, family)
@@ -59,11 +75,10 @@ def _new_net(opts: BenchOptions, family: str, variant: str):
 
     import supernets
 
-    mos = None if variant == "plain" else {"type": variant, "experts": int(opts.params.get(
-        "experts", 4))}
+    s = MosSettings.of(opts)
+    mos = None if variant == "plain" else {"type": variant, "experts": s.experts}
     torch.manual_seed(opts.seed)
-    return supernets.create(family, preset=str(opts.params.get("preset", "tiny")), num_classes=10,
-                            in_chans=1, mos=mos)
+    return supernets.create(family, preset=s.preset, num_classes=10, in_chans=1, mos=mos)
 
 
 def _hparams(family: str, **kw: Any):
@@ -82,8 +97,8 @@ def overhead(opts: BenchOptions, family: str) -> dict[str, Any]:
     from supernets.training.loop import StepContext, train_step
     from supernets.training.optim import build_optimizer, build_scheduler
 
-    batch = int(opts.params.get("batch", 64))
-    steps = int(opts.params.get("timed_steps", 2 if opts.quick else 12))
+    s = MosSettings.of(opts)
+    batch, steps = s.batch, s.timed_steps
     device = torch.device(opts.device)
     hp = _hparams(family, epochs=2, warmup_epochs=0)
     contexts, params = {}, {}
@@ -137,10 +152,8 @@ def quality(opts: BenchOptions, family: str) -> dict[str, Any]:
     from supernets.train import evaluate_arch, train_supernet
     from supernets.training.standalone import train_standalone
 
-    p = opts.params
-    total_steps = int(p.get("steps", 6 if opts.quick else 100))
-    n_random = int(p.get("archs", 2 if opts.quick else 6))
-    batch = int(p.get("batch", 64))
+    s = MosSettings.of(opts)
+    total_steps, n_random, batch = s.steps, s.archs, s.batch
     device = torch.device(opts.device)
     probe = _new_net(opts, family, "plain")
     space = probe.space

@@ -18,11 +18,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, PositiveInt
 
-from nasbench.bench.registry import BenchOptions, benchmark
+from nasbench.bench.registry import BenchOptions, BenchSettings, OptimizerNames, benchmark, names_of
 
 PROBLEMS: dict[str, list[str]] = {
     "top1-latency": ["top1", "latency_ms"],
@@ -157,24 +158,32 @@ def plot(problems: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+class OptimizersSettings(BenchSettings):
+    table: str | None = None  # a tabular benchmark's Parquet file; None: the shipped table
+    budgets: Annotated[list[PositiveInt], Field(min_length=1)] = [30, 60, 100]
+    seeds: PositiveInt = 5
+    optimizers: OptimizerNames | None = None  # None: PROBLEM_OPTIMIZERS
+    problems: names_of(tuple(PROBLEMS), "problem") = list(PROBLEMS)
+    max_stall: PositiveInt = MAX_STALL
+
+    quick_defaults = {"budgets": [20, 40], "seeds": 2}
+
+
 @benchmark("optimizers", help="Hypervolume vs evaluations of every registered optimizer on the "
-           "built-in tabular benchmark (2 and 3 objectives), mean ± std over seeds.")
+           "built-in tabular benchmark (2 and 3 objectives), mean ± std over seeds.",
+           options=OptimizersSettings)
 def run(opts: BenchOptions) -> dict[str, Any]:
     import search
     from nasbench.tabular.builtin import load_builtin, table_path
 
-    table = opts.params.get("table")
+    s = OptimizersSettings.of(opts)
+    table, budgets, max_stall = s.table, s.budgets, s.max_stall
     bench = load_builtin(table)
-    budgets = [int(b) for b in opts.params.get("budgets", [20, 40] if opts.quick
-                                               else [30, 60, 100])]
-    n_seeds = int(opts.params.get("seeds", 2 if opts.quick else 5))
-    seeds = [opts.seed + i for i in range(n_seeds)]
-    chosen = opts.params.get("optimizers")
-    max_stall = int(opts.params.get("max_stall", MAX_STALL))
+    seeds = [opts.seed + i for i in range(s.seeds)]
     started = time.perf_counter()
     results = {}
-    for problem in opts.params.get("problems", list(PROBLEMS)):
-        names = list(chosen or PROBLEM_OPTIMIZERS[problem] or search.list_optimizers())
+    for problem in s.problems:
+        names = list(s.optimizers or PROBLEM_OPTIMIZERS[problem] or search.list_optimizers())
         results[problem] = compare(bench, PROBLEMS[problem], names, seeds, budgets,
                                    max_stall=max_stall)
     wall = time.perf_counter() - started

@@ -26,35 +26,42 @@ import os
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from nasbench.bench.registry import BenchOptions, benchmark
-from nasbench_core.errors import UserError
+from pydantic import Field
+
+from nasbench.bench.registry import BenchOptions, BenchSettings, Flag, benchmark, names_of
 
 PARTS = ("speed", "dp", "quality")
 GiB = 1 << 30
 
 
-@benchmark("pruning", help="global magnitude vs torch global_unstructured; DP solve; mnist5k")
+class PruningSettings(BenchSettings):
+    parts: names_of(PARTS, "part") = list(PARTS)
+    quality: Literal["quick", "full"] = "quick"
+    sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    peer_large: Flag = False  # run torch's peer on the 335M case even without ~20 GiB free
+
+
+@benchmark("pruning", help="global magnitude vs torch global_unstructured; DP solve; mnist5k",
+           options=PruningSettings)
 def run(opts: BenchOptions) -> dict[str, Any]:
-    parts = [p.strip() for p in str(opts.params.get("parts", ",".join(PARTS))).split(",")]
-    if not parts or any(p not in PARTS for p in parts):
-        raise UserError(f"parts={opts.params.get('parts')!r}: expected a comma list of {PARTS}")
+    s = PruningSettings.of(opts)
     figures: dict[str, Any] = {}
-    if "speed" in parts:
+    if "speed" in s.parts:
         figures["speed"] = _speed(opts)
-    if "dp" in parts:
+    if "dp" in s.parts:
         figures["dp_solve"] = _in_subprocess({"job": "dp", "quick": opts.quick})
-    if "quality" in parts:
+    if "quality" in s.parts:
         from nasbench.bench._pruning_quality import quality
 
-        full = str(opts.params.get("quality", "quick")) == "full"
-        figures["quality"] = quality(full=full, quick=opts.quick, seed=opts.seed)
+        figures["quality"] = quality(full=s.quality == "full", quick=opts.quick, seed=opts.seed)
     return figures
 
 
 def _speed(opts: BenchOptions) -> dict[str, Any]:
-    sparsity = float(opts.params.get("sparsity", 0.9))
+    s = PruningSettings.of(opts)
+    sparsity = s.sparsity
     cases = ["linear335m", "linear84m", "resnet50"] if not opts.quick else ["linear5m", "resnet18"]
     out: dict[str, Any] = {"sparsity": sparsity}
     for case in cases:
@@ -62,7 +69,7 @@ def _speed(opts: BenchOptions) -> dict[str, Any]:
         rows = {m: _in_subprocess({**spec, "method": m})
                 for m in ("ours_select", "ours_prune", "ours_permanent")}
         big = case == "linear335m"
-        if not big or _mem_available() > 20 * GiB or str(opts.params.get("peer_large")) == "1":
+        if not big or _mem_available() > 20 * GiB or s.peer_large:
             rows["global_unstructured"] = _in_subprocess({**spec, "method": "global_unstructured"})
         else:
             rows["global_unstructured"] = {

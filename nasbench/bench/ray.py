@@ -13,9 +13,9 @@ Ratios: Ray 1 worker against in-process (startup and per-step overhead) and 2 wo
 1 (scaling). The per-worker batch is fixed, so 2 workers process twice the images per step.
 On a 2-core machine two workers compete with Ray's own processes, so expect < 2x.
 
-`--set` params: epochs, steps (per epoch), batch (per worker), threads (torch threads per
-process, default 1 so the comparison is per core), address (a Ray cluster; default: the
-`nasbench cluster up` cluster if one runs, else a Ray started in-process).
+`--set` params (`RaySettings`): epochs, steps (per epoch), batch (per worker), threads (torch
+threads per process, default 1 so the comparison is per core), address (a Ray cluster; default:
+the `nasbench cluster up` cluster if one runs, else a Ray started in-process).
 """
 
 from __future__ import annotations
@@ -26,9 +26,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nasbench.bench.registry import BenchOptions, benchmark
+from pydantic import PositiveInt
+
+from nasbench.bench.registry import BenchOptions, BenchSettings, benchmark
 
 DATA = {"name": "digits", "resolution": 16, "channels": 1}
+
+
+class RaySettings(BenchSettings):
+    epochs: PositiveInt = 4
+    steps: PositiveInt = 20
+    batch: PositiveInt = 32
+    threads: PositiveInt = 1
+    address: str | None = None
+
+    quick_defaults = {"epochs": 2, "steps": 3, "batch": 16}
 
 
 def _build_config() -> dict[str, Any]:
@@ -120,16 +132,14 @@ def on_ray(
     }
 
 
-@benchmark("ray", help="Ray Train vs in-process: time to first step, per-step overhead, 1 vs 2 workers")
+@benchmark("ray", help="Ray Train vs in-process: time to first step, per-step overhead, 1 vs 2 workers",
+           options=RaySettings)
 def run(opts: BenchOptions) -> dict[str, Any]:
     import torch
 
-    params = opts.params
-    epochs = int(params.get("epochs", 2 if opts.quick else 4))
-    steps = int(params.get("steps", 3 if opts.quick else 20))
-    batch = int(params.get("batch", 16 if opts.quick else 32))
-    torch.set_num_threads(int(params.get("threads", 1)))
-    address = params.get("address")
+    s = RaySettings.of(opts)
+    epochs, steps, batch, address = s.epochs, s.steps, s.batch, s.address
+    torch.set_num_threads(s.threads)
     peer = in_process(epochs, steps, batch, opts.seed)
     one = on_ray(1, epochs, steps, batch, opts.seed, address)
     two = on_ray(2, epochs, steps, batch, opts.seed, address)

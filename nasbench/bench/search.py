@@ -15,13 +15,25 @@ from __future__ import annotations
 import time
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, PositiveInt
 
-from nasbench.bench.registry import BenchOptions, benchmark
+from nasbench.bench.registry import BenchOptions, BenchSettings, OptimizerNames, benchmark
 
 OPTIMIZERS = ["nsga2", "linas", "optuna", "random"]
+
+
+class SearchSettings(BenchSettings):
+    threads: PositiveInt = 1
+    budgets: Annotated[list[PositiveInt], Field(min_length=1)] = [100, 200]
+    seeds: PositiveInt = 3
+    optimizers: OptimizerNames = list(OPTIMIZERS)
+    checkpoint: str | None = None  # a trained run directory; None: trained (or reused) here
+    overhead_seeds: PositiveInt = 1
+
+    quick_defaults = {"budgets": [20, 40], "seeds": 2}
 
 
 def _supernet_run(opts: BenchOptions) -> Path:
@@ -31,8 +43,9 @@ def _supernet_run(opts: BenchOptions) -> Path:
     from nasbench.runs import load_run
     from nasbench_core.errors import RunError
 
-    if "checkpoint" in opts.params:
-        return Path(opts.params["checkpoint"])
+    checkpoint = SearchSettings.of(opts).checkpoint
+    if checkpoint is not None:
+        return Path(checkpoint)
     for name in ["search-supernet"] + (["search-supernet-quick"] if opts.quick else []):
         path = Path(opts.out_dir) / name
         try:
@@ -150,18 +163,17 @@ def _stats(values: list[float]) -> dict[str, Any]:
 
 
 @benchmark("search", help="Hypervolume of NSGA-II, LINAS, optuna, random at 100/200 evals; "
-           "search overhead per evaluation.")
+           "search overhead per evaluation.", options=SearchSettings)
 def run(opts: BenchOptions) -> dict[str, Any]:
     import torch
 
     import search
 
-    torch.set_num_threads(int(opts.params.get("threads", 1)))
-    budgets = [20, 40] if opts.quick else [100, 200]
-    budgets = [int(b) for b in opts.params.get("budgets", budgets)]
-    n_seeds = int(opts.params.get("seeds", 2 if opts.quick else 3))
-    seeds = [opts.seed + i for i in range(n_seeds)]
-    names = list(opts.params.get("optimizers", OPTIMIZERS))
+    s = SearchSettings.of(opts)
+    torch.set_num_threads(s.threads)
+    budgets = s.budgets
+    seeds = [opts.seed + i for i in range(s.seeds)]
+    names = list(s.optimizers)
     settings = {"nsga2": {"pop_size": 20}, "linas": {"pop_size": 20}}
 
     import json
@@ -210,7 +222,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
     n = max(budgets)
     for name in names:
         per_eval = []
-        for seed in seeds[: int(opts.params.get("overhead_seeds", 1))]:
+        for seed in seeds[: s.overhead_seeds]:
             df, wall, objective_s = _search(name, space, trivial, n, seed, settings.get(name, {}))
             per_eval.append((wall - objective_s) / len(df) * 1e3)
         overhead[name] = {"ms_per_eval": _stats(per_eval), "evaluations": n,

@@ -9,8 +9,8 @@
    recalibration) of smallest, largest and 6 random archs against the same archs trained alone
    from scratch for the same number of steps; mean |gap| and Kendall tau.
 
-`--set` params: parts=step_speed,extract_speed,quality; batch; resolution; steps; threads;
-quality_steps; quality_batch.
+`--set` params (`SupernetsSettings`): parts=step_speed,extract_speed,quality; batch;
+resolution; steps; rounds; threads; quality_steps; quality_batch.
 """
 
 from __future__ import annotations
@@ -19,22 +19,39 @@ import statistics
 import time
 from typing import Any
 
-from nasbench.bench.registry import BenchOptions, benchmark
+from pydantic import PositiveInt
+
+from nasbench.bench.registry import BenchOptions, BenchSettings, benchmark, names_of
+
+PARTS = ("step_speed", "extract_speed", "quality")
+
+
+class SupernetsSettings(BenchSettings):
+    parts: names_of(PARTS, "part") = list(PARTS)
+    threads: PositiveInt | None = None  # None: leave torch's thread count alone
+    batch: PositiveInt = 32  # step_speed
+    resolution: PositiveInt = 128  # step_speed
+    steps: PositiveInt = 8  # step_speed, timed
+    rounds: PositiveInt = 9  # extract_speed
+    quality_steps: PositiveInt = 600
+    quality_batch: PositiveInt = 64
+
+    quick_defaults = {"batch": 8, "resolution": 64, "steps": 2, "rounds": 5, "quality_steps": 8}
 
 
 @benchmark(
     "supernets",
     help="mbv3 sandwich step vs OFA; extracted vs active subnet; inherited vs scratch accuracy",
+    options=SupernetsSettings,
 )
 def run(opts: BenchOptions) -> dict[str, Any]:
     import torch
 
-    params = opts.params
-    if "threads" in params:
-        torch.set_num_threads(int(params["threads"]))
-    parts = str(params.get("parts", "step_speed,extract_speed,quality")).split(",")
+    s = SupernetsSettings.of(opts)
+    if s.threads is not None:
+        torch.set_num_threads(s.threads)
     figures: dict[str, Any] = {}
-    for part in parts:
+    for part in s.parts:
         fn = {"step_speed": step_speed, "extract_speed": extract_speed, "quality": quality}[part]
         started = time.perf_counter()
         figures[part] = fn(opts)
@@ -111,10 +128,8 @@ def step_speed(opts: BenchOptions) -> dict[str, Any]:
     from supernets.train import step_plan
     from supernets.training.loop import train_step
 
-    p = opts.params
-    batch = int(p.get("batch", 8 if opts.quick else 32))
-    resolution = int(p.get("resolution", 64 if opts.quick else 128))
-    steps = int(p.get("steps", 2 if opts.quick else 8))
+    s = SupernetsSettings.of(opts)
+    batch, resolution, steps = s.batch, s.resolution, s.steps
     device = torch.device(opts.device)
     torch.manual_seed(opts.seed)
     ours = supernets.create("mbv3", num_classes=10, in_chans=3, resolutions=[resolution]).to(device)
@@ -156,9 +171,8 @@ def extract_speed(opts: BenchOptions) -> dict[str, Any]:
 
     import supernets
 
-    p = opts.params
     preset = "tiny" if opts.quick else "default"
-    rounds = int(p.get("rounds", 5 if opts.quick else 9))
+    rounds = SupernetsSettings.of(opts).rounds
     device = torch.device(opts.device)
     torch.manual_seed(opts.seed)
     net = supernets.create("mbv3", preset=preset, num_classes=10, in_chans=3).to(device).eval()
@@ -228,9 +242,8 @@ def quality(opts: BenchOptions) -> dict[str, Any]:
     from supernets.train import TrainHParams, evaluate_arch, train_supernet
     from supernets.training.standalone import train_standalone
 
-    p = opts.params
-    total_steps = int(p.get("quality_steps", 8 if opts.quick else 600))
-    batch = int(p.get("quality_batch", 64))
+    s = SupernetsSettings.of(opts)
+    total_steps, batch = s.quality_steps, s.quality_batch
     device = torch.device(opts.device)
 
     def new_net():

@@ -1,4 +1,5 @@
-"""`nasbench export RUN --arch-id ID | --pick "latency_ms<=5"`: the export runner from the shell."""
+"""`nasbench export RUN --arch-id ID | --pick "latency_ms<=5" [--from front|all]`: the export
+runner from the shell."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ RUN_ARGUMENT = typer.Argument(..., help="A `nasbench search` run directory (or i
 ARCH_ID_OPTION = typer.Option(None, "--arch-id", help="Export this evaluated arch.")
 PICK_OPTION = typer.Option(
     [], "--pick", metavar="CONSTRAINT",
-    help='Export the best arch meeting a constraint, e.g. --pick "latency_ms<=5" (repeatable).',
+    help='Export the best arch on the run\'s Pareto front meeting a constraint, e.g. '
+         '--pick "latency_ms<=5" (repeatable).',
+)
+FROM_OPTION = typer.Option(
+    None, "--from", metavar="front|all",
+    help="Where --pick chooses: the run's Pareto front of feasible archs (default: front), or "
+         "all evaluations.",
 )
 OBJECTIVE_OPTION = typer.Option(
     None, "--objective", help="What --pick maximises/minimises (default: top1).",
@@ -24,6 +31,7 @@ def command(
     arch_id: str | None = ARCH_ID_OPTION,
     pick: list[str] = PICK_OPTION,
     objective: str | None = OBJECTIVE_OPTION,
+    pick_from: str | None = FROM_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Extract a subnet (BN recalibrated), write safetensors + ONNX, verify with onnxruntime."""
@@ -31,4 +39,4 @@ def command(
     from nasbench.runners.export import export
 
     set_quiet(quiet)
-    export(run, arch_id=arch_id, pick=pick, objective=objective)
+    export(run, arch_id=arch_id, pick=pick, objective=objective, pick_from=pick_from)

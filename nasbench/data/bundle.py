@@ -27,6 +27,13 @@ class DataBundle:
     batch_size: int
     seed: int
     num_workers: int = 0
+    plain_train_dataset: Dataset | None = None
+    """The train images without augmentation (None: `train_dataset` has none): what BN
+    recalibration sees, so a recalibrated subnet is the same in every process."""
+
+    @property
+    def calibration_dataset(self) -> Dataset:
+        return self.train_dataset if self.plain_train_dataset is None else self.plain_train_dataset
 
     def loader(self, dataset: Dataset, *, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         return DataLoader(
@@ -107,18 +114,20 @@ def _transform(resolution: int, channels: int, native_channels: int, augment: bo
 
 def _from_disk(name: str, cfg: Any) -> DataBundle:
     root = sources.require_root(name, cfg.root)
+    plain_train: Dataset | None = None
     if name == "imagefolder":
         channels = cfg.channels or 3
         resolution = cfg.resolution or 224
-        tf = _transform(resolution, channels, 3, cfg.augment)
-        train_full = sources.imagefolder_split(root, "train", tf)
+        train_full = sources.imagefolder_split(root, "train", _transform(resolution, channels, 3, cfg.augment))
+        plain = sources.imagefolder_split(root, "train", _transform(resolution, channels, 3, False))
         num_classes = len(train_full.classes)
         if (root / "val").is_dir():
-            train_ds = train_full
+            train_ds, plain_train = train_full, plain
             val_ds: Dataset = sources.imagefolder_split(root, "val", _transform(resolution, channels, 3, False))
-        else:
+        else:  # validation images never augmented
             train_idx, val_idx = _split_indices(len(train_full), cfg.val_fraction, cfg.seed)
-            train_ds, val_ds = Subset(train_full, train_idx.tolist()), Subset(train_full, val_idx.tolist())
+            train_ds, val_ds = Subset(train_full, train_idx.tolist()), Subset(plain, val_idx.tolist())
+            plain_train = Subset(plain, train_idx.tolist())
     else:
         _, num_classes, native_ch, native_res, _ = sources.TORCHVISION[name]
         channels = cfg.channels or native_ch
@@ -131,12 +140,17 @@ def _from_disk(name: str, cfg: Any) -> DataBundle:
             name, root, True, False, _transform(resolution, channels, native_ch, False)
         )
         train_ds, val_ds = Subset(full, train_idx.tolist()), Subset(plain, val_idx.tolist())
+        plain_train = Subset(plain, train_idx.tolist())
+    if not cfg.augment:
+        plain_train = None  # the train set is already plain
     if cfg.limit:
-        train_ds = Subset(train_ds, list(range(min(cfg.limit, len(train_ds)))))
+        keep = list(range(min(cfg.limit, len(train_ds))))
+        train_ds = Subset(train_ds, keep)
+        plain_train = None if plain_train is None else Subset(plain_train, keep)
     return DataBundle(
         name=name, train_dataset=train_ds, val_dataset=val_ds, num_classes=num_classes,
         in_chans=channels, resolution=resolution, batch_size=cfg.batch_size, seed=cfg.seed,
-        num_workers=cfg.num_workers,
+        num_workers=cfg.num_workers, plain_train_dataset=plain_train,
     )
 
 

@@ -138,7 +138,7 @@ def evaluation_rows(
     names = list(outcomes[0].values) if outcomes else []
     rows = [
         {
-            "arch_id": space.arch_id(o.arch), "arch": space.canonical(o.arch), **o.values,
+            "arch_id": space.arch_id(o.arch), "arch": space.canonical_json(o.arch), **o.values,
             "source": source, "device": device, "seed": seed, "generation": generation,
             "timestamp": time.time(),
         }

@@ -1,6 +1,8 @@
 """The search runner: multi-objective search over a supernet, written to a run.
 
-The run gets `evaluations.parquet` (rewritten atomically after every batch, so a killed search
+The run gets `evaluations.log.jsonl` (every evaluation appended and fsynced as it finishes),
+`evaluations.parquet` (compacted from the evaluator's rows atomically after every batch; readers
+add the journal rows it lacks, so a killed search loses at most the evaluation in flight and
 resumes without re-measuring anything), `pareto.parquet` and `pareto.png`. The supernet comes
 from a train run (or a checkpoint); an untrained supernet (`supernet: {family, preset}`) is
 allowed to try the pipeline and labelled as such.
@@ -99,7 +101,14 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
     from nasbench.progress import echo
     from nasbench.runs import start_run
     from nasbench_core.seeding import seed_everything
-    from search.evaluations import check_compatible, read_table, with_pareto, write_table
+    from search.evaluations import (
+        EvaluationLog,
+        check_compatible,
+        log_path,
+        read_table,
+        with_pareto,
+        write_table,
+    )
 
     for name in config.objectives:
         search.objectives.objective_kind(name)
@@ -127,7 +136,7 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
                    name=config.run.name, resume=resume, reopen_completed=grows) as run:
         table_path = run.path / "evaluations.parquet"
         table = None
-        if table_path.exists():
+        if table_path.exists():  # with the journal rows its last compaction missed
             table, meta = read_table(table_path)
             check_compatible(meta, space_fingerprint=net.space.fingerprint(), device=device,
                              metrics=[m.name for m in objectives + extra])
@@ -143,11 +152,16 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
                 shown[0] = count
                 echo(f"evaluated {count}/{config.budget}")
 
+        journal = EvaluationLog(log_path(table_path))
         evaluator = search.Evaluator(net.space, objectives, extra=extra, table=table,
                                      device=device, seed=config.run.seed,
-                                     budget=max(0, config.budget - done), on_update=persist)
+                                     budget=max(0, config.budget - done), on_update=persist,
+                                     log=journal)
+        if table is None:  # the table's metadata is on disk before the journal's first row
+            write_table(table_path, evaluator.df, evaluator.metadata())
         problem = search.SearchProblem(evaluator, constraints)
-        optimizer.run(problem, seed=config.run.seed, workdir=run.path)
+        with journal:
+            optimizer.run(problem, seed=config.run.seed, workdir=run.path)
 
         df = evaluator.df
         feasible = search.feasible_mask(df, constraints)

@@ -2,6 +2,12 @@
 
 Every write is atomic (temp file + rename): a killed run leaves a manifest whose status is
 `running` or `failed`, and no half-written file.
+
+A run directory is locked while a process writes it (`start_run`): an OS file lock (flock, via
+`filelock.FileLock`) on `RUN/.lock`, with the holder's pid and host in `RUN/.lock.json`. A second
+writer is refused at once with a one-line `RunError`; the kernel drops the lock of a process that
+dies, even by SIGKILL, so a killed run's lock is taken over by the next writer. Each run directory
+has its own lock file, so runs nested in a run (quickstart's) never wait on their parent.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import RunError
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+LOCK_INFO = ".lock.json"
 
 
 def _now() -> str:
@@ -50,6 +58,7 @@ class Run:
         self.path = Path(path)
         self.manifest = manifest
         self._metrics_rows: list[dict[str, Any]] | None = None
+        self.lock: RunLock | None = None  # set by `start_run` while this process writes the run
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, command={self.manifest.get('command')!r}, status={self.status!r})"
@@ -233,7 +242,84 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
     return Run(candidate, manifest)
 
 
-def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) -> Path:
+class RunLock:
+    """The write lock of one run directory: `acquire` takes it or raises a one-line RunError
+    naming the holder ("run X is in use by pid N on host H"); `release` gives it up."""
+
+    def __init__(self, path: Path):
+        from filelock import FileLock
+
+        self.path = Path(path)
+        self._lock = FileLock(self.path / LOCK, timeout=0, thread_local=False)
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
+
+    def acquire(self) -> RunLock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise RunError(f"run {self.path} is in use by {lock_holder(self.path)}") from None
+        try:
+            atomic_write_text(self.path / LOCK_INFO, json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}))
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        if not self._lock.is_locked:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                (self.path / LOCK_INFO).unlink()
+        finally:
+            self._lock.release()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def lock_holder(path: Path, wait: float = 1.0) -> str:
+    """"pid N on host H" from the lock's sidecar. The holder writes it just after taking the
+    lock, so a missing sidecar, or a dead process's left behind by a SIGKILL, is re-read for up
+    to `wait` seconds before settling for a vaguer answer."""
+    import time
+
+    deadline = time.monotonic() + wait
+    info: dict[str, Any] = {}
+    while True:
+        try:
+            info = json.loads((Path(path) / LOCK_INFO).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            info = {}
+        pid, host = info.get("pid"), info.get("host")
+        if isinstance(pid, int) and host and (host != socket.gethostname() or _pid_alive(pid)):
+            return f"pid {pid} on host {host}"
+        if time.monotonic() >= deadline:
+            return "another process (its pid and host are not recorded yet)"
+        time.sleep(0.05)
+
+
+def _exists_message(path: Path) -> str:
+    return f"run directory {path} already exists: pass --resume {path} or choose another run.name"
+
+
+def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) -> tuple[Path, RunLock]:
+    """A new, empty, locked run directory; `overwrite` empties an existing one that no other
+    process holds (the lock file stays: deleting a held lock's file would let a third process
+    lock a fresh inode)."""
     if name is None:
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         name = f"{command}-{stamp}-{secrets.token_hex(2)}"
@@ -242,10 +328,25 @@ def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) ->
     path = root / name
     if path.exists():
         if not overwrite:
-            raise RunError(f"run directory {path} already exists: pass --resume {path} or choose another run.name")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
-    return path
+            raise RunError(_exists_message(path))
+        lock = RunLock(path).acquire()
+        try:
+            for child in path.iterdir():
+                if child.name in (LOCK, LOCK_INFO):
+                    continue
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        except BaseException:
+            lock.release()
+            raise
+        return path, lock
+    try:
+        path.mkdir(parents=True)
+    except FileExistsError:  # another process created it since the check
+        raise RunError(_exists_message(path)) from None
+    return path, RunLock(path).acquire()
 
 
 class _Terminated(Exception):
@@ -286,39 +387,50 @@ def start_run(
 ) -> Iterator[Run]:
     """Create (or resume) a run under `root` (default `$NASBENCH_RESULTS`, else ./results); on
     exit mark it completed, or failed with the error. `reopen_completed` lets a job that can
-    grow (a search given a larger budget) continue a completed run; resuming records `config`."""
+    grow (a search given a larger budget) continue a completed run; resuming records `config`.
+
+    The run directory is locked (`RunLock`) from before its first write until after its last:
+    a run another process is writing is refused with a one-line RunError."""
     if resume is not None:
         run = load_run(resume)
         if run.manifest.get("command") != command:
             raise RunError(f"cannot resume {run.path} with `{command}`: it is a `{run.manifest.get('command')}` run")
-        if run.status == "completed" and not reopen_completed:
-            raise RunError(f"run {run.path} already completed; nothing to resume")
-        for stale in run.path.rglob(".*.tmp"):  # left by a SIGKILL between write and rename
-            stale.unlink()
-        run.manifest.setdefault("resumes", []).append(_now())
-        run.manifest.update(status="running", ended=None, error=None, config=config)
-        _write_config_yaml(run.path, config)
+        lock = RunLock(run.path).acquire()
     else:
-        path = _new_run_dir(Path(default_results_root() if root is None else root), command, name,
-                            overwrite)
-        run = Run(path, {
-            "command": command,
-            "config": config,
-            "seed": seed,
-            "status": "running",
-            "started": _now(),
-            "ended": None,
-            "host": socket.gethostname(),
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-        })
-        _write_config_yaml(path, config)
-    run.write_manifest()
+        path, lock = _new_run_dir(Path(default_results_root() if root is None else root), command,
+                                  name, overwrite)
     try:
-        with _sigterm_raises():
-            yield run
-    except BaseException as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
-        run.update_manifest(status="failed", ended=_now(), error=reason)
-        raise
-    run.update_manifest(status="completed", ended=_now())
+        if resume is not None:
+            run = load_run(run.path)  # as the previous holder left it, now that it is ours
+            if run.status == "completed" and not reopen_completed:
+                raise RunError(f"run {run.path} already completed; nothing to resume")
+            for stale in run.path.rglob(".*.tmp"):  # left by a SIGKILL between write and rename
+                stale.unlink()
+            run.manifest.setdefault("resumes", []).append(_now())
+            run.manifest.update(status="running", ended=None, error=None, config=config)
+            _write_config_yaml(run.path, config)
+        else:
+            run = Run(path, {
+                "command": command,
+                "config": config,
+                "seed": seed,
+                "status": "running",
+                "started": _now(),
+                "ended": None,
+                "host": socket.gethostname(),
+                "versions": package_versions(),
+                "git_commit": git_commit(),
+            })
+            _write_config_yaml(path, config)
+        run.lock = lock
+        run.write_manifest()
+        try:
+            with _sigterm_raises():
+                yield run
+        except BaseException as exc:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            run.update_manifest(status="failed", ended=_now(), error=reason)
+            raise
+        run.update_manifest(status="completed", ended=_now())
+    finally:
+        lock.release()

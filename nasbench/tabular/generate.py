@@ -44,7 +44,7 @@ def measure_arch(arch: dict, data, epochs: int, seed: int, settings: LatencySett
     latency = measure_latency(model, shape, settings)
     return {
         "arch_id": SPACE.arch_id(arch),
-        "arch": SPACE.canonical(arch),
+        "arch": SPACE.canonical_json(arch),
         "top1": evaluate(model, data.val_loader),
         "latency_ms": latency.median_ms,
         "latency_iqr_ms": latency.iqr_ms,

@@ -16,17 +16,18 @@ from supernets.space import Arch, SearchSpace
 
 
 def tilted_pool(space: SearchSpace, size: int, rng: np.random.Generator) -> list[Arch]:
-    """`size` distinct archs incl. smallest and largest; each draws its choices biased by p~U(0,1)."""
+    """`size` distinct canonical archs (subnets) incl. smallest and largest; each draws its
+    choices biased by p~U(0,1)."""
     seen: dict[str, Arch] = {}
     for arch in (space.smallest(), space.largest()):
-        seen[space.canonical(arch)] = arch
+        seen[space.canonical_json(arch)] = arch
     tries = 0
     while len(seen) < size and tries < 20 * size:
         tries += 1
         p = rng.uniform()
         idx = [int(rng.binomial(len(d.choices) - 1, p)) for d in space.dims]
-        arch = space.decode(idx)
-        seen.setdefault(space.canonical(arch), arch)
+        arch = space.canonical(space.decode(idx))
+        seen.setdefault(space.canonical_json(arch), arch)
     return list(seen.values())
 
 

@@ -73,7 +73,7 @@ def measure_archs(
     with torch_threads(settings.threads):
         for i, (arch, shape) in enumerate(zip(archs, shapes, strict=True)):
             module = supernet.extract(arch)
-            rows.append({"arch_id": space.arch_id(arch), "arch": space.canonical(arch),
+            rows.append({"arch_id": space.arch_id(arch), "arch": space.canonical_json(arch),
                          "macs": count_macs(module, shape), "params": count_params(module)})
             runner = prepare_runner(module if extract else _subnet(supernet, arch, False),
                                     shape, settings)

@@ -40,6 +40,14 @@ def choices(values: Sequence[Any]) -> list[Any]:
     return sorted(set(values))
 
 
+def depth_gates(depth_dim: str, depths: Sequence[int], block_dims: Sequence[Sequence[str]]
+                ) -> dict[str, tuple[str, int]]:
+    """The gates of one depth dimension: block j's dimensions (`block_dims[j]`) matter only at
+    depth >= j + 1; blocks within the smallest depth are always active and need none."""
+    return {name: (depth_dim, j + 1) for j, names in enumerate(block_dims) if j + 1 > min(depths)
+            for name in names}
+
+
 def per_block(spec: Any, n: int) -> list[list[Any]]:
     """A stage's choice list for each of its `n` blocks: one shared list or one list per block."""
     if spec and isinstance(spec[0], (list, tuple)):

@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from supernets.base import Supernet, training_layout
-from supernets.families._common import activation, active_blocks, choices, count, per_block, preset_kwargs
+from supernets.families._common import (
+    activation,
+    active_blocks,
+    choices,
+    count,
+    depth_gates,
+    per_block,
+    preset_kwargs,
+)
 from supernets.ops import (
     DynamicBatchNorm2d,
     DynamicConv2d,
@@ -186,7 +194,11 @@ class MobileNetV3Supernet(Supernet):
         for i, (ks, es) in enumerate(block_choices):
             dims[f"block{i}.kernel"] = ks
             dims[f"block{i}.expand"] = es
-        super().__init__(SearchSpace(dims), {
+        gates: dict[str, tuple[str, int]] = {}
+        for s, idx in enumerate(self.stage_blocks):
+            gates |= depth_gates(f"stage{s}.depth", dims[f"stage{s}.depth"],
+                                 [[f"block{i}.kernel", f"block{i}.expand"] for i in idx])
+        super().__init__(SearchSpace(dims, gates), {
             "num_classes": num_classes, "in_chans": in_chans, "width_mult": width_mult,
             "preset": preset, **overrides})
 

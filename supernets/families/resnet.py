@@ -19,7 +19,7 @@ from torch import nn
 
 from nasbench_core.errors import UserError
 from supernets.base import Supernet, training_layout
-from supernets.families._common import active_blocks, choices, count, per_block, preset_kwargs
+from supernets.families._common import active_blocks, choices, count, depth_gates, per_block, preset_kwargs
 from supernets.families.mbv3 import _init_weights
 from supernets.ops import (
     DynamicBatchNorm2d,
@@ -152,7 +152,11 @@ class ResNetSupernet(Supernet):
         expands = per_block(cfg["expands"], sum(len(idx) for idx in self.stage_blocks))
         for i, es in enumerate(expands):
             dims[f"block{i}.expand"] = es
-        super().__init__(SearchSpace(dims), {
+        gates: dict[str, tuple[str, int]] = {}
+        for s, idx in enumerate(self.stage_blocks):
+            gates |= depth_gates(f"stage{s}.depth", dims[f"stage{s}.depth"],
+                                 [[f"block{i}.expand"] for i in idx])
+        super().__init__(SearchSpace(dims, gates), {
             "num_classes": num_classes, "in_chans": in_chans, "width_mult": width_mult,
             "preset": preset, **overrides})
 

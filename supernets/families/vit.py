@@ -18,7 +18,7 @@ from torch import nn
 
 from nasbench_core.errors import UserError
 from supernets.base import Supernet
-from supernets.families._common import choices, per_block, preset_kwargs
+from supernets.families._common import choices, depth_gates, per_block, preset_kwargs
 from supernets.ops import (
     DynamicAttention,
     DynamicConv2d,
@@ -122,7 +122,9 @@ class ViTSupernet(Supernet):
         for i in range(depths[-1]):
             dims[f"block{i}.heads"] = heads[i]
             dims[f"block{i}.mlp_ratio"] = ratios[i]
-        super().__init__(SearchSpace(dims), {
+        gates = depth_gates("depth", depths, [[f"block{i}.heads", f"block{i}.mlp_ratio"]
+                                              for i in range(depths[-1])])
+        super().__init__(SearchSpace(dims, gates), {
             "num_classes": num_classes, "in_chans": in_chans, "width_mult": width_mult,
             "preset": preset, **overrides})
 

@@ -1,0 +1,91 @@
+"""One fixed, seeded subset of samples per run for BN recalibration and validation.
+
+Why: a supernet's top1 for an arch depends on which batches recalibrate its BN statistics.
+Drawing them from a shuffled loader made an arch's accuracy depend on what was evaluated
+before it (the same arch spread by 1.4-2.2 points, a resume changed 8 of 10 new results and
+`export` disagreed with the table). OFA recalibrates on one fixed subset; so do we: the subset
+is drawn once, stored in the run as indices, and every measurement — in any process, after a
+resume, and in `export` — uses exactly these samples, batched the same way, unaugmented.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from nasbench.data.bundle import DataBundle
+from nasbench_core.errors import RunError
+from nasbench_core.seeding import torch_generator
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+FILE = "calibration.json"
+
+
+@dataclass(frozen=True)
+class FixedSubset:
+    """Indices into the (unaugmented) train set for BN recalibration and into the val set for
+    accuracy, and the batch size both are cut into."""
+
+    calib: tuple[int, ...]
+    val: tuple[int, ...]
+    batch_size: int
+
+    @classmethod
+    def draw(cls, bundle: DataBundle, *, bn_batches: int, val_batches: int | None,
+             seed: int) -> FixedSubset:
+        """A seeded random `bn_batches` batches of train samples; the first `val_batches`
+        batches of the (unshuffled) val set, or all of it."""
+        size = bundle.batch_size
+        n_train, n_val = len(bundle.calibration_dataset), len(bundle.val_dataset)
+        perm = torch.randperm(n_train, generator=torch_generator(seed))
+        calib = perm[: min(n_train, bn_batches * size)].tolist()
+        val = list(range(n_val if val_batches is None else min(n_val, val_batches * size)))
+        return cls(tuple(calib), tuple(val), size)
+
+    @property
+    def id(self) -> str:
+        """Short hash of the subset: results measured on different subsets carry different ids."""
+        text = json.dumps({"calib": self.calib, "val": self.val, "batch_size": self.batch_size})
+        return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+    def calib_batches(self, bundle: DataBundle) -> list[Batch]:
+        return _batches(bundle.calibration_dataset, self.calib, self.batch_size)
+
+    def val_batches(self, bundle: DataBundle) -> list[Batch]:
+        return _batches(bundle.val_dataset, self.val, self.batch_size)
+
+    # -- storage in a run --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "batch_size": self.batch_size, "calib": list(self.calib),
+                "val": list(self.val)}
+
+    @classmethod
+    def read(cls, run_dir: Path) -> FixedSubset:
+        path = Path(run_dir) / FILE
+        try:
+            doc = json.loads(path.read_text())
+            subset = cls(tuple(int(i) for i in doc["calib"]), tuple(int(i) for i in doc["val"]),
+                         int(doc["batch_size"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RunError(f"{path} is missing or unreadable ({exc}); the run has no fixed "
+                           "calibration subset") from None
+        if doc.get("id") != subset.id:
+            raise RunError(f"{path} was edited: its id {doc.get('id')!r} does not match its indices")
+        return subset
+
+
+def _batches(dataset: Dataset, indices: tuple[int, ...], batch_size: int) -> list[Batch]:
+    """The samples at `indices`, in that order, stacked into batches once (in memory)."""
+    out = []
+    for start in range(0, len(indices), batch_size):
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        x = torch.stack([torch.as_tensor(item[0]) for item in items])
+        y = torch.as_tensor([int(item[1]) for item in items])
+        out.append((x, y))
+    return out
