@@ -80,3 +80,24 @@ def verify_onnx(module, onnx_path: str | Path, x) -> float:
     if got.shape != expected.shape:
         return float("inf")
     return float(np.abs(got - expected).max())
+
+
+def onnx_top1(onnx_path: str | Path, batches, prepare=None) -> float:
+    """Top-1 accuracy of the ONNX graph in onnxruntime over `(x, y)` batches; `prepare(x)`
+    resizes inputs as the model expects (a subnet's resolution). Checks the file users ship,
+    not the PyTorch module it came from."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    correct = total = 0
+    for x, y in batches:
+        x = prepare(x) if prepare is not None else x
+        logits = session.run(None, {name: x.contiguous().numpy()})[0]
+        correct += int((np.argmax(logits, axis=1) == y.numpy()).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)

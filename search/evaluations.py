@@ -325,8 +325,10 @@ class Evaluator:
         budget: int | None = None,
         on_update: Callable[[pd.DataFrame], None] | None = None,
         log: EvaluationLog | None = None,
+        provenance: Mapping[str, str] | None = None,
     ):
         self.space = space
+        self.provenance = dict(provenance or {})
         self.objectives = list(objectives)
         self.metrics = self.objectives + [e for e in extra if e.name not in self.names]
         self.device = device
@@ -361,7 +363,8 @@ class Evaluator:
 
     def metadata(self) -> dict:
         extra = self.metrics[len(self.objectives):]
-        return table_metadata(self.objectives, self.device, self.space.fingerprint(), extra)
+        return {**table_metadata(self.objectives, self.device, self.space.fingerprint(), extra),
+                **self.provenance}
 
     def has(self, arch: dict) -> bool:
         return self.space.arch_id(arch) in self._rows
@@ -431,9 +434,10 @@ class Evaluator:
 
 
 def check_compatible(metadata: dict, *, space_fingerprint: str, device: str,
-                     metrics: Sequence[str] | None = None) -> None:
-    """A resumed table must come from the same space and device, and measure the same metrics
-    (rows missing a new metric would otherwise count as evaluated with NaN)."""
+                     metrics: Sequence[str] | None = None, calibration: str | None = None) -> None:
+    """A resumed table must come from the same space and device, measure the same metrics
+    (rows missing a new metric would otherwise count as evaluated with NaN) and, when given,
+    measure accuracy on the same fixed `calibration` subset (its id)."""
     fp = metadata.get("space_fingerprint")
     if fp is not None and fp != space_fingerprint:
         raise UserError(
@@ -446,6 +450,10 @@ def check_compatible(metadata: dict, *, space_fingerprint: str, device: str,
     dev = metadata.get("device")
     if dev is not None and dev != device:
         raise UserError(f"evaluations table was measured on device {dev!r}, not {device!r}")
+    stored = metadata.get("calibration")
+    if metadata and calibration is not None and stored != calibration:
+        raise UserError(f"evaluations table was measured on calibration subset {stored!r}, not "
+                        f"{calibration!r}; start a new search run instead of resuming this one")
     have = list(metadata.get("directions", {}))
     if metrics is not None and have and sorted(have) != sorted(metrics):
         raise UserError(f"evaluations table measures {have}; this search measures {list(metrics)}")

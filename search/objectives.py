@@ -114,6 +114,8 @@ class SupernetAccuracy:
         self.net = _need(ctx, "supernet", "top1")
         self.calib_loader = _need(ctx, "calib_loader", "top1")
         self.val_loader = _need(ctx, "val_loader", "top1")
+        if hasattr(self.val_loader, "__len__") and len(self.val_loader) == 0:
+            raise UserError("objective 'top1': the validation loader is empty")
         self.device = ctx.device
         self.bn_batches = ctx.bn_batches
         self.val_batches = ctx.val_batches
@@ -126,25 +128,11 @@ class SupernetAccuracy:
         return self.cache[aid]
 
     def _measure(self, arch: dict) -> float:
-        import torch
+        from supernets.training import evaluate_arch
 
-        import supernets
-
-        net = self.net.to(self.device)
-        net.set_active(arch)
-        supernets.recalibrate_bn(net, self.calib_loader, self.bn_batches)
-        net.eval()
-        correct = total = 0
-        with torch.inference_mode():
-            for i, (x, y) in enumerate(self.val_loader):
-                if self.val_batches is not None and i >= self.val_batches:
-                    break
-                x = supernets.prepare_input(x.to(self.device), arch)
-                correct += int((net(x).argmax(1) == y.to(self.device)).sum())
-                total += int(y.numel())
-        if total == 0:
-            raise UserError("objective 'top1': the validation loader is empty")
-        return correct / total
+        return evaluate_arch(self.net.to(self.device), arch, self.val_loader, device=self.device,
+                             recal_loader=self.calib_loader, recal_batches=self.bn_batches,
+                             max_batches=self.val_batches)
 
 
 @register_objective(

@@ -39,6 +39,10 @@ def _mos(fig):
 
 def _search(fig):
     assert set(fig["hypervolume"]) == {"nsga2", "linas", "optuna", "random"}
+    assert fig["goals"]["no_duplicate_evaluations"]
+    for name, q in fig["hypervolume"].items():
+        assert q["duplicate_share"]["per_seed"] == [0.0] * len(fig["seeds"]), name
+    assert set(fig["hv_change_vs_reference"]) == set(fig["hypervolume"])
 
 
 CHECKS = {"cuda_ext": _cuda_ext, "pruning": _pruning, "latency": _latency, "mos": _mos,

@@ -12,19 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from nasbench.data.bundle import DataBundle
+from nasbench_core.atomic import atomic_write_text
 from nasbench_core.errors import RunError
 from nasbench_core.seeding import torch_generator
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 FILE = "calibration.json"
+IN_MEMORY_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,27 @@ class FixedSubset:
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
     def calib_batches(self, bundle: DataBundle) -> list[Batch]:
-        return _batches(bundle.calibration_dataset, self.calib, self.batch_size)
+        """Stacked once, in memory: every arch's recalibration reuses them."""
+        return _stacked(bundle.calibration_dataset, self.calib, self.batch_size)
 
-    def val_batches(self, bundle: DataBundle) -> list[Batch]:
-        return _batches(bundle.val_dataset, self.val, self.batch_size)
+    def val_batches(self, bundle: DataBundle) -> Iterable[Batch]:
+        """Stacked in memory when they fit `IN_MEMORY_BYTES`, else a loader that reads them in
+        the same order on every pass (ImageNet's val set does not fit)."""
+        dataset = bundle.val_dataset
+        if not self.val or len(self.val) * _sample_bytes(dataset) <= IN_MEMORY_BYTES:
+            return _stacked(dataset, self.val, self.batch_size)
+        return bundle.loader(Subset(dataset, list(self.val)), shuffle=False)
+
+    def loaders(self, bundle: DataBundle) -> tuple[list[Batch], Iterable[Batch]]:
+        """(calibration batches, validation batches) of `bundle`, after checking the subset's
+        indices still fit its datasets (a changed dataset must not silently shift them)."""
+        for name, indices, dataset in (("calibration", self.calib, bundle.calibration_dataset),
+                                       ("validation", self.val, bundle.val_dataset)):
+            if indices and max(indices) >= len(dataset):
+                raise RunError(f"the run's fixed {name} subset indexes sample {max(indices)} but "
+                               f"the dataset has {len(dataset)}; the data changed since the run "
+                               "began")
+        return self.calib_batches(bundle), self.val_batches(bundle)
 
     # -- storage in a run --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -79,9 +99,34 @@ class FixedSubset:
             raise RunError(f"{path} was edited: its id {doc.get('id')!r} does not match its indices")
         return subset
 
+    @classmethod
+    def for_run(cls, run_dir: Path, bundle: DataBundle, *, bn_batches: int,
+                val_batches: int | None, seed: int) -> FixedSubset:
+        """The run's stored subset; a run without one (a new run) draws it and stores it first,
+        so a resume, another process or `export` reads back the very same samples."""
+        path = Path(run_dir) / FILE
+        subset = cls.draw(bundle, bn_batches=bn_batches, val_batches=val_batches, seed=seed)
+        if not path.exists():
+            atomic_write_text(path, json.dumps(subset.to_dict()))
+            return subset
+        stored = cls.read(run_dir)
+        if stored != subset:
+            raise RunError(
+                f"{path} holds {len(stored.calib)} calibration and {len(stored.val)} validation "
+                f"samples in batches of {stored.batch_size}; this config and data give "
+                f"{len(subset.calib)}, {len(subset.val)} and {subset.batch_size}"
+                + (" (other samples)" if (len(stored.calib), len(stored.val), stored.batch_size)
+                   == (len(subset.calib), len(subset.val), subset.batch_size) else "")
+                + ": keep the run's evaluation settings, batch size, seed and data")
+        return stored
 
-def _batches(dataset: Dataset, indices: tuple[int, ...], batch_size: int) -> list[Batch]:
-    """The samples at `indices`, in that order, stacked into batches once (in memory)."""
+
+def _sample_bytes(dataset: Dataset) -> int:
+    return int(torch.as_tensor(dataset[0][0]).nbytes)
+
+
+def _stacked(dataset: Dataset, indices: tuple[int, ...], batch_size: int) -> list[Batch]:
+    """The samples at `indices`, in that order, stacked into batches."""
     out = []
     for start in range(0, len(indices), batch_size):
         items = [dataset[i] for i in indices[start:start + batch_size]]

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from nasbench.config import DataConfig, RunConfig, StrictModel
+from nasbench.data.fixed import FixedSubset
 from nasbench.errors import RunError
 from nasbench.runs import Run
 
@@ -64,6 +65,8 @@ class SearchConfig(StrictModel):
 def load_supernet(cfg: SearchConfig, device: str):
     """(net, data bundle, description) for a search config's supernet and data: what search,
     export and the benchmarks all evaluate, so they see the same net on the same data."""
+    import torch
+
     import supernets
     from nasbench.data import load_dataset
     from nasbench.runs import load_run
@@ -82,9 +85,12 @@ def load_supernet(cfg: SearchConfig, device: str):
         info = {"trained": True, "checkpoint": str(path), "epoch": meta.get("epoch")}
     data_cfg = data_cfg or DataConfig()
     data = load_dataset(data_cfg, seed=cfg.run.seed)
-    if source.family is not None:
-        net = supernets.create(source.family, preset=source.preset, width_mult=source.width_mult,
-                               num_classes=data.num_classes, in_chans=data.in_chans).to(device)
+    if source.family is not None:  # untrained: its weights are a function of the run's seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.run.seed)
+            net = supernets.create(source.family, preset=source.preset,
+                                   width_mult=source.width_mult, num_classes=data.num_classes,
+                                   in_chans=data.in_chans).to(device)
         info = {"trained": False, "family": source.family, "preset": source.preset}
     if data_cfg.resolution is None and "resolution" in net.space:
         # As in training: feed the largest resolution, smaller archs downsample it.
@@ -120,26 +126,22 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
     if not info["trained"]:
         echo(f"warning: searching an UNTRAINED {info['family']} supernet (preset "
              f"{info['preset']}): accuracies only exercise the pipeline")
-    ctx = search.ObjectiveContext(
-        supernet=net, calib_loader=data.train_loader, val_loader=data.val_loader,
-        device=config.evaluation.device,
-        bn_batches=config.evaluation.bn_batches, val_batches=config.evaluation.val_batches,
-        input_shape=(data.in_chans, data.resolution, data.resolution), latency=config.latency,
-        predictors=_load_predictors(config, net.space, device),
-    )
-    objectives = search.make_objectives(config.objectives, ctx)
-    extra_names = [c.column for c in constraints if c.column not in config.objectives]
-    extra = search.make_objectives(list(dict.fromkeys(extra_names)), ctx)
+    predictors = _load_predictors(config, net.space, device)
 
     grows = resume is not None and _check_growth(resume, config.budget)
     with start_run("search", config.model_dump(mode="json"), config.run.seed, root=config.run.root,
                    name=config.run.name, resume=resume, reopen_completed=grows) as run:
+        subset = FixedSubset.for_run(run.path, data, bn_batches=config.evaluation.bn_batches,
+                                     val_batches=config.evaluation.val_batches,
+                                     seed=config.run.seed)
+        objectives, extra = _objectives(config, constraints, net, data, subset, predictors)
         table_path = run.path / "evaluations.parquet"
         table = None
         if table_path.exists():  # with the journal rows its last compaction missed
             table, meta = read_table(table_path)
             check_compatible(meta, space_fingerprint=net.space.fingerprint(), device=device,
-                             metrics=[m.name for m in objectives + extra])
+                             metrics=[m.name for m in objectives + extra],
+                             calibration=subset.id)
         done = 0 if table is None else len(table)
         run.update_manifest(supernet=info, space_fingerprint=net.space.fingerprint())
 
@@ -156,7 +158,7 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
         evaluator = search.Evaluator(net.space, objectives, extra=extra, table=table,
                                      device=device, seed=config.run.seed,
                                      budget=max(0, config.budget - done), on_update=persist,
-                                     log=journal)
+                                     log=journal, provenance={"calibration": subset.id})
         if table is None:  # the table's metadata is on disk before the journal's first row
             write_table(table_path, evaluator.df, evaluator.metadata())
         problem = search.SearchProblem(evaluator, constraints)
@@ -177,6 +179,23 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
         run.update_manifest(evaluations=len(df), pareto=len(front), feasible=int(feasible.sum()))
         echo(f"{len(df)} evaluations, {len(front)} on the Pareto front -> {run.path}")
         return run
+
+
+def _objectives(config: SearchConfig, constraints, net, data, subset, predictors):
+    """(objectives, extra metrics measured only for constraints); accuracy is measured on the
+    run's fixed subset, so an arch's top1 does not depend on what was evaluated before it."""
+    import search
+
+    calib, val = subset.loaders(data)
+    ctx = search.ObjectiveContext(
+        supernet=net, calib_loader=calib, val_loader=val, device=config.evaluation.device,
+        bn_batches=len(calib), val_batches=None,
+        input_shape=(data.in_chans, data.resolution, data.resolution), latency=config.latency,
+        predictors=predictors,
+    )
+    objectives = search.make_objectives(config.objectives, ctx)
+    extra_names = [c.column for c in constraints if c.column not in config.objectives]
+    return objectives, search.make_objectives(list(dict.fromkeys(extra_names)), ctx)
 
 
 def _check_growth(path: Path, budget: int) -> bool:

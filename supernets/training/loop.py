@@ -150,14 +150,20 @@ def evaluate_arch(
     recal_batches: int = 10,
     max_batches: int | None = None,
 ) -> float:
-    """Top-1 accuracy of `arch` (BN recalibrated on `recal_loader` first, when given)."""
+    """Top-1 accuracy of `arch` (BN recalibrated on `recal_loader` first, when given).
+
+    `net` is a supernet (set to `arch` first) or the subnet extracted at `arch`: both see the
+    input resized the same way, so an exported subnet can be checked against the table.
+    """
     from supernets import recalibrate_bn
+    from supernets.base import Supernet
 
     device = torch.device(device)
     was_training = net.training
-    net.set_active(arch)
+    if isinstance(net, Supernet):
+        net.set_active(arch)
     if recal_loader is not None:
-        recalibrate_bn(net, recal_loader, recal_batches)
+        recalibrate_bn(net, recal_loader, recal_batches, arch=arch)
     net.eval()
     correct = total = 0
     with torch.inference_mode():
