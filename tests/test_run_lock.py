@@ -102,3 +102,29 @@ def test_runs_nested_in_a_run_have_their_own_locks(tmp_path):
                                                                "manifest.json"]
     # Lock files are hidden: listing and `results` see runs and tables only.
     assert list_runs(tmp_path)["run"].tolist() == ["q"] and again.tables() == []
+
+
+
+HOLD_SEARCH = """
+import sys, time
+from nasbench.runs import start_run
+with start_run("search", {}, 0, root=sys.argv[1], name="held") as run:
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_export_refuses_a_search_run_another_process_still_writes(tmp_path):
+    import nasbench
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_SEARCH, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        before = sorted(p.name for p in (tmp_path / "held").iterdir())
+        with pytest.raises(RunError, match=f"is in use by pid {proc.pid}"):
+            nasbench.export(tmp_path / "held", arch_id="x")
+        assert sorted(p.name for p in (tmp_path / "held").iterdir()) == before
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

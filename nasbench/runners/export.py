@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nasbench.runs import Run
+from nasbench.runs import Run, RunLock
 from nasbench_core.errors import UserError
 
 RunLike = Run | str | os.PathLike
@@ -150,6 +150,15 @@ def export(run: RunLike, *, arch_id: str | None = None, pick: str | Sequence[str
     """Export one evaluated arch of a search run: by `arch_id`, or picked by `pick` constraints
     (e.g. "latency_ms <= 5") from the run's Pareto front (`pick_from="front"`, the default) or
     from every evaluation (`pick_from="all"`); `choose_row` documents the rule."""
+    picks = [pick] if isinstance(pick, str) else list(pick)
+    _check_from(pick_from)
+    opened = _search_run(run)
+    with RunLock(opened.path):  # a search still writing this run would change its table
+        return _export(opened, arch_id, picks, objective, pick_from)
+
+
+def _export(opened: Run, arch_id: str | None, picks: list[str], objective: str | None,
+            pick_from: str | None) -> ExportResult:
     from safetensors.torch import save_model
 
     import supernets
@@ -161,9 +170,6 @@ def export(run: RunLike, *, arch_id: str | None = None, pick: str | Sequence[str
     from nasbench_core.atomic import atomic_path
     from search.evaluations import objective_directions, read_table
 
-    picks = [pick] if isinstance(pick, str) else list(pick)
-    _check_from(pick_from)
-    opened = _search_run(run)
     cfg = stored_config(opened, SearchConfig)
     df, metadata = read_table(opened.path / "evaluations.parquet")
     row = choose_row(df, metadata, arch_id=arch_id, pick=picks, objective=objective,

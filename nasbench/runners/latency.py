@@ -19,7 +19,7 @@ from pydantic import Field
 
 from nasbench.config import RunConfig, StrictModel
 from nasbench.errors import RunError, UserError
-from nasbench.runs import Run
+from nasbench.runs import Run, RunLock
 
 PREDICTOR = "latency_predictor"
 
@@ -209,13 +209,14 @@ def fit(
     sel = predictor.selection
     echo(f"chosen by {folds}-fold CV: {sel.name} {sel.params} (CV MAPE {-100 * sel.cv_score:.2f}%)")
     echo(f"held-out {format_metrics(metrics)}")
-    path = predictor.refit(table).save(opened.path / PREDICTOR)
     scores = sel.scores.to_dict("records")
-    report = {"selection": {"name": sel.name, "params": sel.params, "cv_score": sel.cv_score,
-                            "candidates": scores},
-              "holdout": metrics, "n_train": len(train), "predictor": path.name}
-    opened.write_json("latency_fit.json", report)
-    opened.update_manifest(latency_fit={"model": sel.name, **metrics})
+    with RunLock(opened.path):  # one writer per run: a measurement may still be appending
+        path = predictor.refit(table).save(opened.path / PREDICTOR)
+        report = {"selection": {"name": sel.name, "params": sel.params, "cv_score": sel.cv_score,
+                                "candidates": scores},
+                  "holdout": metrics, "n_train": len(train), "predictor": path.name}
+        opened.write_json("latency_fit.json", report)
+        opened.update_manifest(latency_fit={"model": sel.name, **metrics})
     echo(f"predictor (refitted on all {len(table)} rows) -> {path}")
     return LatencyFit(run=opened, predictor=path, model=sel.name, params=dict(sel.params),
                       cv_mape=-100 * sel.cv_score, holdout=dict(metrics), n_train=len(train),

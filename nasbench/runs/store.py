@@ -271,6 +271,12 @@ class RunLock:
             raise
         return self
 
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def release(self) -> None:
         if not self._lock.is_locked:
             return
