@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test test-slow lint install
+.PHONY: run test test-slow test-gpu lint install
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,3 +26,7 @@ test: $(STAMP) lint
 # Slow and Ray-cluster tests: run by CI when its budget allows.
 test-slow: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/pytest -q -m "slow or ray"
+
+# GPU paths (skip without CUDA): run on any machine with a GPU.
+test-gpu: $(STAMP)
+	$(BIN)/pytest -q -m gpu

@@ -189,7 +189,7 @@ class _Mixture:
         """
         if torch.is_grad_enabled():
             return self._mix()
-        key = (self._stamp, self.active_out, self.active_in, self.weight.device,
+        key = (self._stamp, self.active_out, self.active_in, self.weight.device, self.weight.dtype,
                *weights_stamp((self.weight, self.bias, *self.router.parameters())))
         if self._inference_cache is None or self._inference_cache[0] != key:
             self._inference_cache = (key, self._mix())

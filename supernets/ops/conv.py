@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from supernets.ops.factory import like
 from supernets.ops.versions import weights_stamp
 
 
@@ -79,7 +80,8 @@ class DynamicConv2d(nn.Module):
         if torch.is_grad_enabled():
             return self._transformed(w, k)
         # Inference: reuse the transformed kernel until any source tensor changes in place.
-        key = (out, k, *weights_stamp((self.weight, *self.kernel_transforms.values())))
+        key = (out, k, w.dtype, w.device,  # a cast or a move does not bump _version
+               *weights_stamp((self.weight, *self.kernel_transforms.values())))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self._transformed(w, k))
         return self._cache[1]
@@ -118,6 +120,7 @@ class DynamicConv2d(nn.Module):
         conv = nn.Conv2d(
             self.active_in, self.active_out, k, self.stride, self.active_padding,
             groups=self.active_out if self.depthwise else 1, bias=self.bias is not None,
+            **like(self.weight),
         )
         with torch.no_grad():
             conv.weight.copy_(self.active_weight())

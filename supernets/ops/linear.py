@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from supernets.ops.factory import like
+
 
 class DynamicLinear(nn.Linear):
     """A linear layer over the first `active_in` inputs producing the first `active_out` outputs."""
@@ -31,7 +33,8 @@ class DynamicLinear(nn.Linear):
         return F.linear(x, self.active_weight(), self.active_bias())
 
     def to_stock(self) -> nn.Linear:
-        lin = nn.Linear(self.active_in, self.active_out, bias=self.bias is not None)
+        lin = nn.Linear(self.active_in, self.active_out, bias=self.bias is not None,
+                        **like(self.weight))
         with torch.no_grad():
             lin.weight.copy_(self.active_weight())
             if self.bias is not None:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from supernets.ops.factory import like
+
 
 class DynamicBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm over the first `active_features` channels.
@@ -45,7 +47,8 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
         )
 
     def to_stock(self) -> nn.BatchNorm2d:
-        bn = nn.BatchNorm2d(self.active_features, eps=self.eps, momentum=self.momentum)
+        bn = nn.BatchNorm2d(self.active_features, eps=self.eps, momentum=self.momentum,
+                            **like(self.weight))
         with torch.no_grad():
             bn.weight.copy_(self.active_weight())
             bn.bias.copy_(self.active_bias())
@@ -79,7 +82,7 @@ class DynamicLayerNorm(nn.LayerNorm):
                             self.eps)
 
     def to_stock(self) -> nn.LayerNorm:
-        ln = nn.LayerNorm(self.active_dim, eps=self.eps)
+        ln = nn.LayerNorm(self.active_dim, eps=self.eps, **like(self.weight))
         with torch.no_grad():
             ln.weight.copy_(self.active_weight())
             ln.bias.copy_(self.active_bias())
