@@ -119,7 +119,28 @@ def _in_chans(model: nn.Module) -> int:
     return first.in_channels
 
 
+BN_EPS = 1e-5
+"""The BatchNorm eps of the CNN families (torch's default, and timm's for its own ports)."""
+
+
+def _check_not_a_tf_port(model: nn.Module) -> None:
+    """timm's `tf_*` ports pad like TensorFlow ("same": asymmetric, input-dependent) and use BN
+    eps 1e-3; the families pad symmetrically with eps 1e-5, so such a model would load without
+    error and compute something else (a 0.068 max diff at output scale 0.30). Refuse it."""
+    same = next((n for n, m in model.named_modules()
+                 if type(m).__name__.startswith("Conv2dSame")
+                 or getattr(m, "padding", None) == "same"), None)
+    if same is not None:
+        raise UserError(f"this timm model pads like TensorFlow ('same' padding in {same}); the "
+                        "supernet families pad symmetrically: use the non-tf_ variant")
+    eps = sorted({m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)} - {BN_EPS})
+    if eps:
+        raise UserError(f"this timm model uses BatchNorm eps {eps[0]:g}; the supernet families "
+                        f"use {BN_EPS:g}: use the non-tf_ variant")
+
+
 def _describe(model: nn.Module) -> tuple[str, dict[str, Any], ModuleMap]:
+    _check_not_a_tf_port(model)
     kind = type(model).__name__
     if kind == "VisionTransformer":
         return _describe_vit(model)

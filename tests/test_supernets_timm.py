@@ -68,6 +68,19 @@ def test_unknown_and_unsupported_models():
         from_timm(timm.create_model("seresnet18"))
 
 
+@pytest.mark.parametrize("name", ["tf_mobilenetv3_small_100", "tf_mobilenetv3_large_100"])
+def test_tensorflow_ports_are_refused_rather_than_computed_wrongly(name):
+    with pytest.raises(UserError, match=r"pads like TensorFlow \('same' padding in conv_stem\)"):
+        from_timm(name)
+
+
+def test_a_bn_eps_the_families_lack_is_refused():
+    model = timm.create_model("mobilenetv3_small_100")
+    model.bn1.eps = 1e-3
+    with pytest.raises(UserError, match="BatchNorm eps 0.001; the supernet families use 1e-05"):
+        from_timm(model)
+
+
 def test_pretrained_loading_failure_is_a_clear_user_error(monkeypatch):
     def offline(name, pretrained=False, **kwargs):
         if pretrained:
