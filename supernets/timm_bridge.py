@@ -36,7 +36,7 @@ def from_timm(
     `overrides` replace the derived family options (e.g. `resolutions=[192, 224]`).
     """
     if isinstance(model, str):
-        model = _create_timm(model, pretrained, num_classes, in_chans)
+        model = create_timm_model(model, pretrained, num_classes, in_chans)
     family, kwargs, module_map = _describe(model)
     kwargs.update(overrides)
     net = create(family, num_classes=_num_classes(model), in_chans=_in_chans(model), **kwargs)
@@ -44,8 +44,9 @@ def from_timm(
     return net
 
 
-def _create_timm(name: str, pretrained: bool, num_classes: int | None,
-                 in_chans: int | None) -> nn.Module:
+def create_timm_model(name: str, pretrained: bool, num_classes: int | None,
+                      in_chans: int | None) -> nn.Module:
+    """A timm model by name; a failed pretrained download is one line naming the fix."""
     import timm
 
     if not timm.is_model(name):

@@ -69,6 +69,7 @@ def train_on_ray(
     log_metrics: Callable[[dict[str, Any]], None] | None = None,
     address: str | None = None,
     after_epoch: EpochHook | None = None,
+    initial_weights: Path | None = None,
 ) -> RayTrainOutcome:
     """Train the supernet `supernets.create(**build_config)` with Ray Train; see module doc.
 
@@ -76,7 +77,9 @@ def train_on_ray(
     each epoch row this call trained (not rows restored from an earlier attempt).
     `address`: a Ray cluster (GCS `host:port`); None picks one as `ray_session` says.
     `after_epoch(epoch, world_rank, resumed)` runs in every worker after each report
-    (monitoring, fault injection in tests).
+    (monitoring, fault injection in tests). `initial_weights` (a safetensors file on storage
+    every worker reads, e.g. the run dir) starts training from imported weights instead of a
+    fresh init; a restored checkpoint still wins.
     """
     from ray.train import (
         CheckpointConfig,
@@ -94,6 +97,7 @@ def train_on_ray(
         train_loop_config={
             "build_config": build_config, "data": data, "hparams": hparams.to_dict(),
             "seed": seed, "after_epoch": after_epoch,
+            "initial_weights": None if initial_weights is None else str(initial_weights),
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -262,6 +266,10 @@ def _train_worker(config: dict[str, Any]) -> None:
     seed_everything(seed)
     bundle = load_dataset(DataConfig(**config["data"]), seed=seed)
     net = supernets.create(**config["build_config"])
+    if config.get("initial_weights"):
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(config["initial_weights"]))
 
     local_dir = Path(tempfile.mkdtemp(prefix=f"nasbench-train-r{rank}-"))
     restored = ray.train.get_checkpoint()

@@ -23,13 +23,80 @@ MetricsCallback = Callable[[dict[str, Any]], None]
 
 
 class SupernetSection(StrictModel):
-    """Which supernet: a registered family, its preset and width, extra family kwargs, MoS."""
+    """Which supernet: a registered family, its preset and width, extra family kwargs, MoS;
+    or `from_timm: NAME`, a supernet whose largest arch is that timm model (InstaTune-style
+    elastic fine-tuning), with `pretrained` weights from timm's cache or a `weights` file
+    (state dict of the timm model; its classifier is replaced when the classes differ).
+    `kwargs` then override the derived family options (e.g. `resolutions: [160, 224]`)."""
 
     family: str = "mbv3"
     preset: str = "tiny"
     width_mult: float = Field(default=1.0, gt=0)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     mos: dict[str, Any] | None = None
+    from_timm: str | None = None
+    pretrained: bool = False
+    weights: Path | None = None
+    reorder_channels: bool = True
+    """Sort elastic channels by importance before training (as OFA does), so that smaller
+    widths keep the imported model's most important channels. Only with `from_timm`."""
+
+    @model_validator(mode="after")
+    def _timm_options_need_from_timm(self) -> SupernetSection:
+        if self.from_timm is None and (self.pretrained or self.weights is not None):
+            raise ValueError("supernet.pretrained and supernet.weights need supernet.from_timm")
+        if self.from_timm is not None and self.mos is not None:
+            raise ValueError("supernet.mos is not available with supernet.from_timm")
+        return self
+
+
+def build_supernet(section: SupernetSection, *, num_classes: int, in_chans: int):
+    """The supernet a train config describes (also what a resumed run rebuilds)."""
+    import supernets
+    from supernets.timm_bridge import from_timm
+
+    if section.from_timm is None:
+        return supernets.create(section.family, num_classes=num_classes, in_chans=in_chans,
+                                width_mult=section.width_mult, preset=section.preset,
+                                mos=section.mos, **section.kwargs)
+    model = _timm_model(section, num_classes, in_chans)
+    net = from_timm(model, **section.kwargs)
+    if section.reorder_channels:
+        net.reorder_channels()
+    return net
+
+
+def _timm_model(section: SupernetSection, num_classes: int, in_chans: int):
+    """The timm model with its weights, its classifier sized for the data."""
+    from torch import nn
+
+    from nasbench_core.errors import UserError
+    from supernets.timm_bridge import create_timm_model
+
+    keeps_stem = section.pretrained or section.weights is not None
+    model = create_timm_model(section.from_timm, section.pretrained,
+                         None if keeps_stem else num_classes, None if keeps_stem else in_chans)
+    if section.weights is not None:
+        from nasbench.runners.prune import _read_weights
+
+        state = _read_weights(section.weights)
+        head = state.get(f"{model.pretrained_cfg.get('classifier', 'head')}.weight")
+        if head is not None and head.ndim == 2 and head.shape[0] != model.num_classes:
+            model.reset_classifier(int(head.shape[0]))  # the file's own classes, replaced below
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            raise UserError(f"supernet.weights={str(section.weights)!r} does not fit timm model "
+                            f"{section.from_timm!r}: {lines[-1]}") from None
+    if keeps_stem:
+        have = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+        if have != in_chans:
+            raise UserError(f"the weights of {section.from_timm!r} take {have}-channel images; the "
+                            f"data has {in_chans}: set data.channels={have}")
+        if model.num_classes != num_classes:
+            model.reset_classifier(num_classes)
+    return model
 
 
 class RaySection(StrictModel):
@@ -66,7 +133,6 @@ class TrainConfig(StrictModel):
 def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsCallback | None = None) -> Run:
     """Build data and supernet from `config`, train locally or on Ray. `on_metrics` gets each
     epoch's row as it is logged (a notebook's live plot, a test's probe)."""
-    import supernets
     from nasbench.data import load_dataset
     from nasbench.progress import echo
     from nasbench.runs import start_run
@@ -79,11 +145,7 @@ def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsC
     seed = cfg.run.seed
     seed_everything(seed)
     bundle = load_dataset(cfg.data, seed=seed)
-    net = supernets.create(
-        cfg.supernet.family, num_classes=bundle.num_classes, in_chans=bundle.in_chans,
-        width_mult=cfg.supernet.width_mult, preset=cfg.supernet.preset, mos=cfg.supernet.mos,
-        **cfg.supernet.kwargs,
-    )
+    net = build_supernet(cfg.supernet, num_classes=bundle.num_classes, in_chans=bundle.in_chans)
     data_cfg = cfg.data
     if data_cfg.resolution is None and "resolution" in net.space:
         # Feed the largest resolution; smaller archs downsample it (prepare_input).
@@ -146,6 +208,15 @@ def _train_local(net, bundle, hparams, device, checkpoint_dir, resume, log) -> l
 def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log) -> list[dict]:
     from nasbench.distributed.train import RayScaling, train_on_ray
 
+    initial = None
+    if cfg.supernet.from_timm is not None:  # workers rebuild the net: hand them its weights
+        from safetensors.torch import save_file
+
+        from nasbench_core.atomic import atomic_path
+
+        initial = run_path / "initial.safetensors"
+        with atomic_path(initial) as tmp:
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
     outcome = train_on_ray(
         run_path,
         build_config=net.build_config(),
@@ -158,6 +229,7 @@ def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log) ->
         ),
         log_metrics=log,
         address=cfg.ray.address,
+        initial_weights=initial,
     )
     return outcome.history
 
