@@ -23,18 +23,29 @@ from nasbench_core.errors import UserError
 nas_201_api = pytest.importorskip("nas_201_api")
 
 
-def _results(arch_str: str, index: int, dataset: str, epochs: int, acc: float):
+EVAL_SETS = {  # what the real NAS-Bench-201 files hold per dataset (no x-valid for cifar10)
+    "cifar10-valid": ("x-valid", "ori-test"),
+    "cifar10": ("ori-test",),
+}
+
+
+def _results(arch_str: str, index: int, epochs: int, acc: float):
+    """One arch's results for cifar10-valid (trained on half the train set; valid = the other
+    half) and cifar10 (trained on all of it; test only), as the official files store them."""
     from nas_201_api.api_utils import ArchResults, ResultsCount
 
-    rc = ResultsCount(dataset, None, {e: acc - 5 + e for e in range(epochs)}, {e: 1.0 for e in range(epochs)},
-                      params=0.1 * (index + 1), flop=10.0 * (index + 1), arch_config={"arch_str": arch_str},
-                      seed=777, epochs=epochs, latency=[0.002 * (index + 1)])
-    names = ("x-valid", "ori-test")
-    rc.update_eval({f"{n}@{e}": acc + (1 if n == "ori-test" else 0) for n in names for e in range(epochs)},
-                   {f"{n}@{e}": 0.5 for n in names for e in range(epochs)},
-                   {f"{n}@{e}": 1.0 for n in names for e in range(epochs)})
     result = ArchResults(index, arch_str)
-    result.update(dataset, 777, rc)
+    for dataset, names in EVAL_SETS.items():
+        base = acc if dataset == "cifar10-valid" else acc + 3
+        rc = ResultsCount(dataset, None, {e: base - 5 + e for e in range(epochs)},
+                          {e: 1.0 for e in range(epochs)}, params=0.1 * (index + 1),
+                          flop=10.0 * (index + 1), arch_config={"arch_str": arch_str}, seed=777,
+                          epochs=epochs, latency=[0.002 * (index + 1)])
+        rc.update_eval({f"{n}@{e}": base + (1 if n == "ori-test" else 0) for n in names
+                        for e in range(epochs)},
+                       {f"{n}@{e}": 0.5 for n in names for e in range(epochs)},
+                       {f"{n}@{e}": 1.0 for n in names for e in range(epochs)})
+        result.update(dataset, 777, rc)
     return result.state_dict()
 
 
@@ -44,7 +55,7 @@ def _archs():
 
 def _nb201_dict():
     archs = [topology_string(a) for a in _archs()]
-    infos = {i: {"less": _results(s, i, "cifar10", 12, 60.0 + i), "full": _results(s, i, "cifar10", 20, 80.0 + i)}
+    infos = {i: {"less": _results(s, i, 12, 60.0 + i), "full": _results(s, i, 20, 80.0 + i)}
              for i, s in enumerate(archs)}
     return {"meta_archs": archs, "arch2infos": infos, "evaluated_indexes": list(range(len(archs)))}
 
@@ -55,15 +66,28 @@ def test_nasbench201_queries_through_official_api(tmp_path):
     bench = open_nasbench201(path, dataset="cifar10", hp="200")
     assert bench.space == TOPOLOGY_SPACE and len(bench.space) == 6
     largest = bench.query(TOPOLOGY_SPACE.largest())
-    assert largest["top1"] == pytest.approx(81.0) and largest["test_top1"] == pytest.approx(82.0)
+    # cifar10 has no validation split: top1 is cifar10-valid's x-valid accuracy (the protocol
+    # of the NAS-Bench-201 paper), test_top1 the ori-test accuracy of the full-train model.
+    assert largest["top1"] == pytest.approx(81.0) and largest["test_top1"] == pytest.approx(85.0)
     assert largest["mflops"] == pytest.approx(20.0) and largest["latency_ms"] == pytest.approx(4.0)
     top1, lat = bench.objectives(["top1", "latency_ms"])
     assert (top1.direction, lat.direction) == ("max", "min")
     assert top1(TOPOLOGY_SPACE.smallest()) == pytest.approx(80.0)
+    valid = open_nasbench201(path, dataset="cifar10-valid", hp="200").query(TOPOLOGY_SPACE.largest())
+    assert valid["top1"] == pytest.approx(81.0) and valid["test_top1"] == pytest.approx(82.0)
     with pytest.raises(UserError, match="not in the benchmark file"):
         bench.query(TOPOLOGY_SPACE.sample(99))
     with pytest.raises(UserError, match="no objective 'energy'"):
         bench.objectives(["energy"])
+
+
+def test_a_file_without_any_validation_split_is_one_line_not_nan(tmp_path, monkeypatch):
+    monkeypatch.delitem(EVAL_SETS, "cifar10-valid")
+    path = tmp_path / "NAS-Bench-201-test-only.pth"
+    torch.save(_nb201_dict(), path)
+    with pytest.raises(UserError, match="no validation accuracy .* on 'cifar10' "
+                                        r"\(cifar10's comes from cifar10-valid\)"):
+        open_nasbench201(path, dataset="cifar10").query(TOPOLOGY_SPACE.largest())
 
 
 def test_topology_string_matches_official_format():
@@ -106,17 +130,17 @@ def test_missing_file_and_bad_options(tmp_path):
 def _nats_results(arch_str: str, index: int, epochs: int, acc: float):
     from nats_bench.api_utils import ArchResults, ResultsCount
 
-    rc = ResultsCount("cifar10", None, {e: acc for e in range(epochs)}, {e: 1.0 for e in range(epochs)},
-                      params=0.1 * (index + 1), flop=10.0 * (index + 1), arch_config={"arch_str": arch_str},
-                      seed=777, epochs=epochs, latency=[0.001])
-    rc.update_train_info({e: acc for e in range(epochs)}, {e: acc for e in range(epochs)},
-                         {e: 1.0 for e in range(epochs)}, {e: 2.0 for e in range(epochs)})
-    names = ("x-valid", "ori-test")
-    rc.update_eval({f"{n}@{e}": acc for n in names for e in range(epochs)},
-                   {f"{n}@{e}": 0.5 for n in names for e in range(epochs)},
-                   {f"{n}@{e}": 1.0 for n in names for e in range(epochs)})
     result = ArchResults(index, arch_str)
-    result.update("cifar10", 777, rc)
+    for dataset, names in EVAL_SETS.items():
+        rc = ResultsCount(dataset, None, {e: acc for e in range(epochs)}, {e: 1.0 for e in range(epochs)},
+                          params=0.1 * (index + 1), flop=10.0 * (index + 1), arch_config={"arch_str": arch_str},
+                          seed=777, epochs=epochs, latency=[0.001])
+        rc.update_train_info({e: acc for e in range(epochs)}, {e: acc for e in range(epochs)},
+                             {e: 1.0 for e in range(epochs)}, {e: 2.0 for e in range(epochs)})
+        rc.update_eval({f"{n}@{e}": acc for n in names for e in range(epochs)},
+                       {f"{n}@{e}": 0.5 for n in names for e in range(epochs)},
+                       {f"{n}@{e}": 1.0 for n in names for e in range(epochs)})
+        result.update(dataset, 777, rc)
     return result.state_dict()
 
 
