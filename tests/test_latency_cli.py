@@ -65,3 +65,44 @@ def test_measure_rebuilds_the_supernet_of_a_train_run(tmp_path):
     (run / "manifest.json").write_text(json.dumps({"command": "prune"}))
     with pytest.raises(RunError, match="records no supernet"):
         _build_supernet(SupernetSection(from_run=run))
+
+
+def synthetic_latency_run(root, name: str, n: int, noise: float):
+    """A latency run whose table is latency = f(arch) (+ multiplicative noise), as `measure`
+    writes it: a quick stand-in for timing real subnets."""
+    import numpy as np
+
+    from nasbench.runs import start_run
+    from supernets.space import SearchSpace
+
+    space = SearchSpace({f"d{i}": (1, 2, 3, 4) for i in range(5)})
+    rng = np.random.default_rng(0)
+    archs = {space.arch_id(a): a for a in (space.sample(rng) for _ in range(4 * n))}
+    rows = []
+    for aid, arch in list(archs.items())[:n]:
+        base = 0.2 * sum(arch.values())
+        rows.append({"arch_id": aid, "arch": space.canonical_json(arch),
+                     "latency_ms": base * float(np.exp(noise * rng.standard_normal())),
+                     "latency_iqr_ms": 0.01, "macs": 1000 * sum(arch.values()), "params": 10,
+                     "device": "cpu:test", "backend": "torch", "batch": 1, "threads": 1})
+    with start_run("latency", {}, 0, root=root, name=name) as run:
+        run.update_manifest(space=space.to_dict(), space_fingerprint=space.fingerprint())
+        run.write_table("latency", pd.DataFrame(rows))
+    return run.path
+
+
+@pytest.mark.parametrize(("n", "noise", "expected"), [
+    (60, 0.0, []),
+    (16, 0.0, ["held-out metrics come from 4 rows"]),
+    (60, 3.0, ["cross-validated MAPE is"]),
+])
+def test_fit_warns_when_its_numbers_cannot_be_trusted(tmp_path, capsys, n, noise, expected):
+    import nasbench
+
+    fitted = nasbench.fit_latency(synthetic_latency_run(tmp_path, "lat", n, noise),
+                                  regressors="ridge", folds=2)
+    assert [w[: len(e)] for w, e in zip(fitted.warnings, expected, strict=False)] == expected
+    assert len(fitted.warnings) == len(expected)
+    saved = json.loads((fitted.run.path / "latency_fit.json").read_text())
+    assert saved["warnings"] == fitted.warnings
+    assert all(f"warning: {w}" in capsys.readouterr().out for w in fitted.warnings[:1])

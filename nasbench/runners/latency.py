@@ -152,6 +152,25 @@ def _latency_run(path: Run | str | os.PathLike):
     return run, table, SearchSpace(run.manifest["space"])
 
 
+MIN_HOLDOUT_ROWS = 10
+"""Below this many held-out rows a Kendall tau or MAPE says nothing (2 rows give tau = +-1)."""
+MAX_CV_MAPE = 25.0
+"""A predictor whose cross-validated MAPE is above this (percent) is saved with a warning."""
+
+
+def fit_warnings(n_test: int, cv_mape: float) -> list[str]:
+    """What a user must know before trusting a fitted predictor."""
+    out = []
+    if n_test < MIN_HOLDOUT_ROWS:
+        out.append(f"held-out metrics come from {n_test} rows (fewer than {MIN_HOLDOUT_ROWS}) and "
+                   "say little: measure more subnets or raise --holdout")
+    if cv_mape > MAX_CV_MAPE:
+        out.append(f"cross-validated MAPE is {cv_mape:.0f}% (over {MAX_CV_MAPE:.0f}%): the "
+                   "timings are too noisy or too few for this predictor; re-measure on a quiet "
+                   "machine (more repeats/rounds) before searching with it")
+    return out
+
+
 def format_metrics(m: dict[str, float]) -> str:
     """One line: the predictor's held-out numbers with the MACs proxy's tau beside them."""
     line = (f"n={m['n']}  Kendall tau {m['kendall_tau']:.3f}")
@@ -172,6 +191,7 @@ class LatencyFit:
     holdout: dict[str, float]
     n_train: int
     candidates: list[dict[str, Any]] = field(repr=False)
+    warnings: list[str] = field(default_factory=list)
 
 
 def fit(
@@ -209,18 +229,22 @@ def fit(
     sel = predictor.selection
     echo(f"chosen by {folds}-fold CV: {sel.name} {sel.params} (CV MAPE {-100 * sel.cv_score:.2f}%)")
     echo(f"held-out {format_metrics(metrics)}")
+    warnings = fit_warnings(len(test), -100 * sel.cv_score)
+    for warning in warnings:
+        echo(f"warning: {warning}")
     scores = sel.scores.to_dict("records")
     with RunLock(opened.path):  # one writer per run: a measurement may still be appending
         path = predictor.refit(table).save(opened.path / PREDICTOR)
         report = {"selection": {"name": sel.name, "params": sel.params, "cv_score": sel.cv_score,
                                 "candidates": scores},
-                  "holdout": metrics, "n_train": len(train), "predictor": path.name}
+                  "holdout": metrics, "n_train": len(train), "predictor": path.name,
+                  "warnings": warnings}
         opened.write_json("latency_fit.json", report)
         opened.update_manifest(latency_fit={"model": sel.name, **metrics})
     echo(f"predictor (refitted on all {len(table)} rows) -> {path}")
     return LatencyFit(run=opened, predictor=path, model=sel.name, params=dict(sel.params),
                       cv_mape=-100 * sel.cv_score, holdout=dict(metrics), n_train=len(train),
-                      candidates=scores)
+                      candidates=scores, warnings=warnings)
 
 
 def evaluate(predictor_run: Run | str | os.PathLike, table_run: Run | str | os.PathLike) -> dict[str, float]:
