@@ -233,3 +233,31 @@ def test_pinned_arch_trains_exactly_one_subnet():
     assert pinned.space.cardinality == 1
     assert [m.arch for m in step_plan(pinned.space, "uniform", 0, seed=1, step=9)] == [arch]
     assert {id(p) for p in pinned.parameters()} == {id(p) for p in net.parameters()}
+
+
+def test_resume_with_more_epochs_stretches_the_schedule_and_says_how(tmp_path):
+    """1 epoch trained, resumed with epochs=3: two more epochs run on a schedule rebuilt for 3
+    epochs, which is what a 3-epoch run would have used from the resume step on."""
+    from supernets.checkpoint import latest_checkpoint, read_checkpoint_meta
+    from supernets.training.loop import epochs_change
+    from supernets.training.optim import warmup_cosine
+
+    train, _ = digits_loaders()
+    cfg = TrainHParams(**{**FAST, "epochs": 1, "warmup_epochs": 0})
+    train_supernet(tiny_net(), train, None, cfg, checkpoint_dir=tmp_path)
+    longer = cfg.replace(epochs=3)
+    meta = read_checkpoint_meta(latest_checkpoint(tmp_path))
+    steps = meta["steps_per_epoch"]
+    expect = warmup_cosine(3 * steps, 0, cfg.min_lr_ratio)(steps)
+    assert epochs_change(meta, longer, steps) == (
+        f"train.epochs 1 -> 3: the schedule is stretched to 3 epochs from epoch 1; the lr "
+        f"multiplier at the resume point goes from {cfg.min_lr_ratio:.3g} to {expect:.3g}")
+    rows = []
+    result = train_supernet(tiny_net(), train, None, longer, checkpoint_dir=tmp_path, resume=True,
+                            on_metrics=rows.append)
+    assert result.epochs_completed == 3 and [r["epoch"] for r in rows] == [2, 3]
+    reference = warmup_cosine(3 * steps, 0, cfg.min_lr_ratio)
+    assert rows[0]["lr"] == pytest.approx(cfg.lr * reference(2 * steps - 1), rel=1e-6)
+    with pytest.raises(CheckpointError, match="has trained 3 epochs, more than train.epochs=2"):
+        train_supernet(tiny_net(), train, None, cfg.replace(epochs=2), checkpoint_dir=tmp_path,
+                       resume=True)

@@ -189,6 +189,8 @@ def _train_local(net, bundle, hparams, device, checkpoint_dir, resume, log) -> l
     )
     if hparams.max_steps_per_epoch is not None:
         steps = min(steps, hparams.max_steps_per_epoch)
+    if resume is not None:
+        _announce_epochs_change(checkpoint_dir, hparams, steps)
     result = train_supernet(
         net,
         _TrackedLoader(bundle.train_loader, steps),
@@ -199,8 +201,9 @@ def _train_local(net, bundle, hparams, device, checkpoint_dir, resume, log) -> l
         resume=resume is not None,
         on_metrics=log,
         arch_sampler_seed=bundle.seed,
-        # A fixed, unshuffled slice of the training set: same BN statistics every epoch.
-        recal_loader=bundle.loader(bundle.train_dataset, shuffle=False),
+        # A fixed, unshuffled, unaugmented slice of the training set: the same BN statistics
+        # every epoch.
+        recal_loader=bundle.loader(bundle.calibration_dataset, shuffle=False),
     )
     return result.history
 
@@ -232,6 +235,16 @@ def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log) ->
         initial_weights=initial,
     )
     return outcome.history
+
+
+def _announce_epochs_change(checkpoint_dir: Path, hparams, steps: int) -> None:
+    from nasbench.progress import echo
+    from supernets.checkpoint import latest_checkpoint, read_checkpoint_meta
+    from supernets.training.loop import epochs_change
+
+    stem = latest_checkpoint(checkpoint_dir)
+    if stem is not None and (line := epochs_change(read_checkpoint_meta(stem), hparams, steps)):
+        echo(line)
 
 
 class _TrackedLoader:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -291,9 +291,35 @@ def _steps_per_epoch(loader: Iterable, cfg: TrainHParams) -> int:
     return n if cfg.max_steps_per_epoch is None else min(n, cfg.max_steps_per_epoch)
 
 
+EXTENDABLE = ("epochs",)
+"""Settings a resume may change: more epochs stretch the schedule (see `epochs_change`)."""
+
+
+def epochs_change(meta: Mapping[str, Any], cfg: TrainHParams, steps_per_epoch: int) -> str | None:
+    """What resuming a checkpoint (`meta`) with `cfg.epochs` does to the run, in one line; None
+    when the epochs are unchanged. The cosine schedule is rebuilt for the new length, so the
+    learning rate at the resume point changes: the line says by how much."""
+    from supernets.training.optim import warmup_cosine
+
+    old, new, done = int(meta.get("hparams", {}).get("epochs", cfg.epochs)), cfg.epochs, int(meta["epoch"])
+    if old == new:
+        return None
+    if new < done:
+        raise CheckpointError(f"cannot resume: the run has trained {done} epochs, more than "
+                              f"train.epochs={new}")
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    step = int(meta.get("global_step", done * steps_per_epoch))
+    before = warmup_cosine(old * steps_per_epoch, warmup, cfg.min_lr_ratio)(step)
+    after = warmup_cosine(new * steps_per_epoch, warmup, cfg.min_lr_ratio)(step)
+    return (f"train.epochs {old} -> {new}: the schedule is stretched to {new} epochs from epoch "
+            f"{done}; the lr multiplier at the resume point goes from {before:.3g} to {after:.3g}")
+
+
 def _check_resumable(stem: Path, meta: dict, cfg: TrainHParams, seed: int, steps: int) -> None:
     saved = meta.get("hparams", {})
-    changed = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v)
+    changed = sorted(k for k, v in cfg.to_dict().items()
+                     if saved.get(k) != v and k not in EXTENDABLE)
+    epochs_change(meta, cfg, steps)  # refuses fewer epochs than the run already trained
     if changed:
         key = changed[0]
         raise CheckpointError(
