@@ -7,7 +7,7 @@ objective from a context (supernet, loaders, device, predictors), so a config ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +27,10 @@ class Objective:
     direction: Direction
     unit: str = ""
     source: Source = "measured"
+    batch: Callable[[Sequence[dict]], Sequence[float]] | None = field(default=None, compare=False)
+    """The exact values of many archs at once, cheap enough for an optimizer's inner loop (a
+    fitted predictor, an analytic count); None when every value is a true evaluation. LINAS
+    uses it instead of fitting a surrogate to values it can have exactly."""
 
     def __post_init__(self) -> None:
         if self.direction not in ("min", "max"):
@@ -87,9 +91,22 @@ def objective_kind(name: str) -> ObjectiveKind:
     return OBJECTIVES.get(name)
 
 
+class Exact:
+    """A factory's result when its values are exact and cheap: `fn(arch)` and `batch(archs)`."""
+
+    def __init__(self, fn: Callable[[dict], float],
+                 batch: Callable[[Sequence[dict]], Sequence[float]]):
+        self.fn, self.batch = fn, batch
+
+    def __call__(self, arch: dict) -> float:
+        return self.fn(arch)
+
+
 def make_objective(name: str, ctx: ObjectiveContext) -> Objective:
     kind = objective_kind(name)
-    return Objective(name, kind.factory(ctx), kind.direction, kind.unit, kind.source)
+    fn = kind.factory(ctx)
+    return Objective(name, fn, kind.direction, kind.unit, kind.source,
+                     batch=fn.batch if isinstance(fn, Exact) else None)
 
 
 def make_objectives(names: list[str], ctx: ObjectiveContext) -> list[Objective]:
@@ -170,7 +187,11 @@ def _macs(ctx: ObjectiveContext) -> Callable[[dict], float]:
     help="parameter count of the extracted subnet",
 )
 def _params(ctx: ObjectiveContext) -> Callable[[dict], float]:
-    return _cost(ctx, "params")
+    net = _need(ctx, "supernet", "params")
+    fn = _cost(ctx, "params")
+    if not hasattr(net, "count_params"):
+        return fn
+    return Exact(fn, lambda archs: [float(net.count_params(a)) for a in archs])
 
 
 @register_objective(
@@ -191,10 +212,10 @@ def _predicted(ctx: ObjectiveContext, name: str) -> Callable[[dict], float]:
         raise UserError(f"objective {name!r} needs a fitted predictor (predictors.{name})")
     net = _need(ctx, "supernet", name)
 
-    def fn(arch: dict) -> float:
-        return float(predictor.predict([net.space.validate(arch)])[0])
+    def batch(archs: Sequence[dict]) -> list[float]:
+        return [float(v) for v in predictor.predict([net.space.validate(a) for a in archs])]
 
-    return fn
+    return Exact(lambda arch: batch([arch])[0], batch)
 
 
 @register_objective(

@@ -1,7 +1,8 @@
 """LINAS (DyNAS-T): NSGA-II on lightly trained predictors, true evaluations only for its picks.
 
 Each round: fit one regressor per objective (and per constrained column) on every measured row,
-run NSGA-II on the predictions with a large inner budget, then measure the best-ranked archs of
+except for values an objective gives exactly and cheaply (`Objective.batch`: an analytic
+parameter count, a fitted latency predictor), which are used as they are; run NSGA-II on that with a large inner budget, then measure the best-ranked archs of
 its final population that the table does not have yet. The first round measures the smallest
 and largest archs plus random ones.
 """
@@ -73,8 +74,10 @@ class LINAS(Optimizer):
         X = one_hot_rows(space, np.stack([space.encode(space.parse(a)) for a in df["arch"]]))
         columns = list(problem.directions)
         columns += [c.column for c in problem.constraints if c.column not in columns]
+        exact = {m.name: m.batch for m in problem.evaluator.metrics
+                 if m.batch is not None and m.name in columns}
         models = {}
-        for col in columns:
+        for col in (c for c in columns if c not in exact):  # no surrogate for exact values
             y = df[col].to_numpy(dtype=float)
             ok = np.isfinite(y)
             choice = select_regressor(X[ok], y[ok], candidates=self.regressors, folds=self.folds,
@@ -84,7 +87,11 @@ class LINAS(Optimizer):
 
         def predict(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
             feats = one_hot_rows(space, idx)
-            return problem.scores(pd.DataFrame({c: m.predict(feats) for c, m in models.items()}))
+            values = {c: m.predict(feats) for c, m in models.items()}
+            if exact:
+                archs = [space.decode(x) for x in np.atleast_2d(idx)]
+                values.update({c: np.asarray(fn(archs), dtype=float) for c, fn in exact.items()})
+            return problem.scores(pd.DataFrame(values))
 
         inner = PymooProblem(problem.n_var, problem.n_obj, len(problem.constraints), problem.xu,
                              predict)
