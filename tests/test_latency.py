@@ -164,3 +164,43 @@ def test_lut_fits_constant_and_round_trips(tmp_path):
         LatencyLUT.load(path, device="cuda:Other|torch-eager|batch=1|threads=1")
     with pytest.raises(PredictorError, match="built for search space"):
         LatencyLUT.load(path, SearchSpace({"x": [1, 2]}))
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("cuda:x", "latency device 'cuda:x' is unknown"),
+    ("gpu", "latency device 'gpu' is unknown"),
+])
+def test_a_device_that_is_no_device_is_refused(device, message):
+    with pytest.raises(ConfigError, match=message):
+        LatencySettings(device=device)
+
+
+def test_cuda_n_parses_and_without_cuda_says_so_in_one_line(monkeypatch):
+    from search.latency.measure import cuda_index
+
+    assert [cuda_index(d) for d in ("cuda", "cuda:0", "cuda:3", "cpu", "auto")] == [0, 0, 3, None, None]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="latency device 'cuda:1' requested but torch sees no CUDA"):
+        LatencySettings(device="cuda:1").resolve()
+
+
+def test_an_index_past_the_machines_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="'cuda:2': this machine has 2 CUDA devices"):
+        LatencySettings(device="cuda:2").resolve()
+    assert LatencySettings(device="cuda:1", threads=1).resolve().device == "cuda:1"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_latency_on_a_chosen_gpu(backend):
+    from search.latency.measure import measure_latency
+
+    index = torch.cuda.device_count() - 1
+    settings = LatencySettings(backend=backend, device=f"cuda:{index}", warmup=2, repeats=5)
+    result = measure_latency(torch.nn.Conv2d(3, 8, 3), (1, 3, 32, 32), settings)
+    assert result.median_ms > 0
+    info = settings.device_info()
+    assert info.key.startswith(f"cuda:{torch.cuda.get_device_name(index)}|")

@@ -41,7 +41,8 @@ class MeasureSection(StrictModel):
 
     n: int = Field(default=100, ge=2)
     backend: Literal["torch", "onnxruntime"] = "torch"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    """auto, cpu, cuda or cuda:N (the GPU to time on)."""
     batch: int = Field(default=1, ge=1)
     threads: int | None = Field(default=None, ge=1)
     warmup: int = Field(default=10, ge=0)

@@ -57,11 +57,15 @@ class DeviceInfo:
 
     @classmethod
     def current(cls, device: str, backend: str, batch: int, threads: int) -> DeviceInfo:
-        """Facts of this machine for a resolved device (`cpu`/`cuda`) and backend."""
+        """Facts of this machine for a resolved device (`cpu`, `cuda`, `cuda:N`) and backend.
+        The hardware key names the GPU model, not its index: two identical GPUs share it."""
         import torch
 
-        name = torch.cuda.get_device_name(0) if device == "cuda" else cpu_model_name()
-        hardware = f"{device}:{name}"
+        from search.latency.measure import cuda_index
+
+        index = cuda_index(device)
+        name = cpu_model_name() if index is None else torch.cuda.get_device_name(index)
+        hardware = f"{'cpu' if index is None else 'cuda'}:{name}"
         return cls(
             hardware=hardware,
             device=device,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +27,14 @@ from nasbench_core.errors import ConfigError
 from search.latency.device import DeviceInfo
 
 BACKENDS = ("torch", "onnxruntime")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+_CUDA_INDEX = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def cuda_index(device: str) -> int | None:
+    """N of `cuda:N` (0 for plain `cuda`); None for any other device."""
+    match = _CUDA_INDEX.match(device)
+    return None if match is None else int(match.group(1) or 0)
 CLOCKS = ("wall", "cpu")
 
 
@@ -46,7 +54,7 @@ class LatencySettings:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"latency backend {self.backend!r} is unknown; expected one of {BACKENDS}")
-        if self.device not in DEVICES:
+        if self.device not in ("auto", "cpu") and cuda_index(self.device) is None:
             raise ConfigError(f"latency device {self.device!r} is unknown; expected one of {DEVICES}")
         for name in ("batch", "repeats"):
             if getattr(self, name) < 1:
@@ -57,18 +65,28 @@ class LatencySettings:
             raise ConfigError(f"latency threads must be >= 1, got {self.threads}")
         if self.clock not in CLOCKS:
             raise ConfigError(f"latency clock {self.clock!r} is unknown; expected one of {CLOCKS}")
-        if self.clock == "cpu" and (self.threads != 1 or self.device == "cuda"):
+        if self.clock == "cpu" and (self.threads != 1 or self.is_cuda):
             raise ConfigError("latency clock 'cpu' needs threads=1 on a CPU device")
         if self.compile and self.backend != "torch":
             raise ConfigError("latency compile=true needs backend 'torch'")
+
+    @property
+    def is_cuda(self) -> bool:
+        return cuda_index(self.device) is not None
 
     def resolve(self) -> LatencySettings:
         """Concrete device and thread count, chosen by what this machine has."""
         device = self.device
         if device == "auto":
             device = "cuda" if _cuda_available(self.backend) else "cpu"
-        if device == "cuda" and not _cuda_available(self.backend):
-            raise ConfigError(f"latency device 'cuda' requested but {self.backend} sees no CUDA device")
+        index = cuda_index(device)
+        if index is not None:
+            if not _cuda_available(self.backend):
+                raise ConfigError(f"latency device {device!r} requested but {self.backend} sees no "
+                                  "CUDA device")
+            if index >= torch.cuda.device_count():
+                raise ConfigError(f"latency device {device!r}: this machine has "
+                                  f"{torch.cuda.device_count()} CUDA devices (cuda:0..)")
         threads = self.threads if self.threads is not None else torch.get_num_threads()
         return replace(self, device=device, threads=threads)
 
@@ -77,7 +95,7 @@ class LatencySettings:
         if self.backend == "torch":
             label = "torch-compile" if self.compile else "torch-eager"
             return label if self.clock == "wall" else f"{label}-cputime"
-        label = f"onnxruntime-{'cuda' if self.device == 'cuda' else 'cpu'}"
+        label = f"onnxruntime-{'cuda' if self.is_cuda else 'cpu'}"
         return label if self.clock == "wall" else f"{label}-cputime"
 
     def device_info(self) -> DeviceInfo:
@@ -213,15 +231,17 @@ def _onnxruntime_runner(model: nn.Module, x: torch.Tensor, s: LatencySettings) -
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     graph = onnx_bytes(model, x)
-    providers = ["CUDAExecutionProvider"] if s.device == "cuda" else ["CPUExecutionProvider"]
+    index = cuda_index(s.device)
+    providers: list = (["CPUExecutionProvider"] if index is None
+                       else [("CUDAExecutionProvider", {"device_id": index})])
     session = ort.InferenceSession(graph, sess_options=options, providers=providers)
     feed = x.cpu().numpy()
     clock = _clock(s)
-    if s.device == "cuda":
+    if index is not None:
         # IOBinding keeps input and output on the GPU; synchronize_outputs waits for the kernels.
         binding = session.io_binding()
-        binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(feed, "cuda", 0))
-        binding.bind_output("output", "cuda", 0)
+        binding.bind_ortvalue_input("input", ort.OrtValue.ortvalue_from_numpy(feed, "cuda", index))
+        binding.bind_output("output", "cuda", index)
 
         def call() -> float:
             t0 = clock()
