@@ -64,11 +64,13 @@ def search(config: ConfigInput = None, /, *, resume: ResumeArg = False, quiet: b
         return _search.run(cfg, resume=path)
 
 
-def prune(config: ConfigInput = None, /, *, quiet: bool = False, **overrides: Any) -> Run:
-    """Prune a model with any registered pruner, fine-tune it and export it to ONNX."""
-    cfg = resolve(_prune.PruneConfig, config, overrides=overrides)
+def prune(config: ConfigInput = None, /, *, resume: ResumeArg = False, quiet: bool = False,
+          **overrides: Any) -> Run:
+    """Prune a model with any registered pruner, fine-tune it and export it to ONNX; `resume`
+    continues a killed lottery run."""
+    cfg, path = _resume_target(_prune.PruneConfig, config, resume, overrides)
     with quieted(quiet):
-        return _prune.run(cfg)
+        return _prune.run(cfg, resume=path)
 
 
 def quickstart(config: ConfigInput = None, /, *, quiet: bool = False, **overrides: Any) -> Run:

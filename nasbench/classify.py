@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from nasbench.progress import track
+from nasbench_core.seeding import torch_generator
 
 
 @torch.no_grad()
@@ -60,28 +62,54 @@ def fit(
             on_epoch(epoch, running / max(batches, 1))
 
 
-def adam_train_fn(epoch_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-                  per_epoch: int, lr: float = 1e-3) -> Callable[[nn.Module, Any, Callable], None]:
-    """A pruners `train_fn(model, span, on_step)`: Adam on cross-entropy for `span`.
+def shuffled_batches(dataset: Dataset, batch_size: int, seed: int,
+                     num_workers: int = 0) -> Callable[[int, int], Iterable[Any]]:
+    """`batches(epoch, start)`: epoch `epoch`'s batches from batch `start` on, in a permutation
+    seeded by (seed, epoch) alone. The data a step sees then depends on the step, not on what
+    trained before it: a lottery level rewound to step k sees the batches the dense run saw
+    from k, and a resumed run the batches an uninterrupted one would have."""
 
-    `epoch_batches()` is iterated again until the span is done: a DataLoader (one epoch per
-    pass) or a generator that never ends (seeded shuffling of in-memory tensors).
+    def batches(epoch: int, start: int) -> DataLoader:
+        gen = torch_generator(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        order = torch.randperm(len(dataset), generator=gen)[start * batch_size:]  # type: ignore[arg-type]
+        return DataLoader(Subset(dataset, order.tolist()), batch_size=batch_size,
+                          num_workers=num_workers)
+
+    return batches
+
+
+def adam_train_fn(epoch_batches: Callable[[int, int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
+                  per_epoch: int, lr: float = 1e-3, lr_lambda: Callable[[int], float] | None = None,
+                  ) -> Callable[[nn.Module, Any, Any, Callable], None]:
+    """A pruners `train_fn(model, start, end, on_step)`: Adam on cross-entropy from schedule
+    position `start` to `end` (`pruners.Span`s), a fresh optimizer per call.
+
+    `epoch_batches(epoch, start)` gives an epoch's batches from batch `start` on (see
+    `shuffled_batches`); `lr_lambda(step)` scales `lr` at absolute step `step` (as torch's
+    LambdaLR), so a schedule continues where a lottery level's rewind point left it.
     """
 
-    def train(model: nn.Module, span: Any, on_step: Callable[[int, float], None]) -> None:
+    def train(model: nn.Module, start: Any, end: Any, on_step: Callable[[int, float], None]) -> None:
         opt = torch.optim.Adam(model.parameters(), lr=lr)
-        total = span.value if span.unit == "it" else span.value * per_epoch
-        it = 0
+        step, last = start.steps(per_epoch), end.steps(per_epoch)
         model.train()
-        while it < total:
-            for x, y in epoch_batches():
+        while step < last:
+            epoch, offset = divmod(step, per_epoch)
+            before = step
+            for x, y in epoch_batches(epoch, offset):
+                if lr_lambda is not None:
+                    for group in opt.param_groups:
+                        group["lr"] = lr * lr_lambda(step)
                 opt.zero_grad()
                 nn.functional.cross_entropy(model(x), y).backward()
                 opt.step()
-                it += 1
-                on_step(it, it / per_epoch)
-                if it >= total:
+                step += 1
+                on_step(step, step / per_epoch)
+                if step >= last or step % per_epoch == 0:
                     break
+            if step == before:
+                raise ValueError(f"epoch {epoch} has no batch from {offset} on: "
+                                 f"per_epoch={per_epoch} is more than it has")
         model.eval()
 
     return train

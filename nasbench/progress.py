@@ -56,3 +56,34 @@ def quieted(quiet: bool) -> Iterator[None]:
         yield
     finally:
         _settings["quiet"] = previous
+
+
+class Steps:
+    """`on_progress(done, total, label)` callbacks for library loops that report their own
+    steps (e.g. layer-DP's "layer i of L"): one rich bar per pass on a terminal, its line at
+    the end otherwise, nothing with --quiet."""
+
+    def __init__(self) -> None:
+        self._bar = None
+        self._task = None
+        self._start = time.perf_counter()
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if is_quiet():
+            return
+        if not sys.stdout.isatty():
+            if done == total:
+                print(f"{label}: done in {time.perf_counter() - self._start:.1f}s", flush=True)
+                self._start = time.perf_counter()
+            return
+        if self._bar is None:
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=True)
+            self._bar.start()
+        if self._task is None:
+            self._task = self._bar.add_task(label, total=total)
+        self._bar.update(self._task, completed=done, total=total, description=label)
+        if done == total:  # a pass ends: its bar goes (transient), the next pass gets a new one
+            self._bar.stop()
+            self._bar, self._task = None, None

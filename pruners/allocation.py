@@ -69,3 +69,24 @@ def water_fill(sizes: Sequence[int], caps: Sequence[float], total: int) -> list[
         else:
             hi = mid
     return [float(x) for x in np.minimum(hi, c)]
+
+
+def give_back(counts: list[int], floors: Sequence[int], prices: Sequence[int], slack: int,
+              order: Sequence[int]) -> int:
+    """Un-prune weights in place, layer by layer in `order`, while the budget removed beyond
+    the target (`slack`, in price units: weights, or MACs) covers them; never below `floors`.
+
+    Layer-DP's budget rounding over-prunes by less than one unit per layer; this returns those
+    weights to the layers where pruning hurts most, so a weight budget ends exact. Returns the
+    slack no layer could take back (0 for unit prices unless floors block it)."""
+    for li in order:
+        price = int(prices[li])
+        if slack <= 0:
+            break
+        if price <= 0:
+            continue
+        give = min(slack // price, counts[li] - int(floors[li]))
+        if give > 0:
+            counts[li] -= give
+            slack -= give * price
+    return slack

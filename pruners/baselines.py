@@ -12,9 +12,11 @@ from collections.abc import Sequence
 import torch
 
 import cuda_ext
+from cuda_ext.ops import SUPPORTED
 from nasbench_core.seeding import torch_generator
 from pruners.allocation import largest_remainder, water_fill
 from pruners.errors import PruneError
+from pruners.magnitude import magnitude_masks
 from pruners.selection import Target
 
 
@@ -33,7 +35,7 @@ def layerwise_masks(
     masks = []
     for t, c in zip(targets, counts, strict=True):
         s = t.tensor if score == "magnitude" else random_scores(t, gen)
-        masks.append(cuda_ext.global_magnitude_masks([s], int(c))[0])
+        masks.append(magnitude_masks([s], int(c))[0])
     return masks
 
 
@@ -53,19 +55,40 @@ def uniform(targets: Sequence[Target], k: int) -> list[torch.Tensor]:
     return layerwise_masks(targets, counts)
 
 
-def uniform_plus(targets: Sequence[Target], k: int, last_keep: float = 0.2) -> list[torch.Tensor]:
-    """Uniform with the first layer dense and the last keeping at least `last_keep`."""
+def uniform_plus_caps(targets: Sequence[Target], k: int, last_keep: float = 0.2) -> tuple[list[float], list[int]]:
+    """uniform+'s per-layer sparsity caps and the integer prune caps they allow, or PruneError
+    when they cannot prune k weights."""
     if len(targets) < 2:
         raise PruneError("uniform_plus needs at least two prunable layers (first and last)")
     sizes = [t.numel for t in targets]
     caps = [1.0] * len(targets)
-    caps[0] = 0.0
+    if targets[0].param.dim() >= 3:
+        caps[0] = 0.0
     caps[-1] = 1.0 - last_keep
-    fracs = water_fill(sizes, caps, k)
-    pruned = pruned_counts(targets)
     # weights an earlier pruning removed stay removed, inside the caps or not, and count to k
-    int_caps = [max(math.floor(c * n), p) for c, n, p in zip(caps, sizes, pruned, strict=True)]
-    counts = largest_remainder([f * n for f, n in zip(fracs, sizes, strict=True)], k, int_caps, pruned)
+    int_caps = [max(math.floor(c * n), p) for c, n, p in zip(caps, sizes, pruned_counts(targets), strict=True)]
+    if k > sum(int_caps):
+        dense = "the first (conv) layer dense, " if caps[0] == 0.0 else ""
+        raise PruneError(
+            f"uniform_plus keeps {dense}the last layer at >= {last_keep:.0%}: it can prune at most "
+            f"{sum(int_caps)} of {sum(sizes)} weights ({sum(int_caps) / sum(sizes):.1%}), not {k}"
+        )
+    return caps, int_caps
+
+
+def uniform_plus(targets: Sequence[Target], k: int, last_keep: float = 0.2) -> list[torch.Tensor]:
+    """Uniform (Gale et al. 2019) with a conv first layer dense and the last layer keeping at
+    least `last_keep` of its weights.
+
+    As in the reference (LAMP's `_compute_unifplus_amounts`, which tests for a 4-d kernel), only
+    a convolution stem stays dense (a weight of 3+ dims: Conv1d/2d/3d); a Linear first layer
+    (an MLP such as LeNet-300-100, most of whose weights it holds) is pruned like the others.
+    """
+    caps, int_caps = uniform_plus_caps(targets, k, last_keep)
+    sizes = [t.numel for t in targets]
+    fracs = water_fill(sizes, caps, k)
+    counts = largest_remainder([f * n for f, n in zip(fracs, sizes, strict=True)], k, int_caps,
+                               pruned_counts(targets))
     return layerwise_masks(targets, counts)
 
 
@@ -96,12 +119,25 @@ def erk(targets: Sequence[Target], k: int, score: str = "magnitude", seed: int =
     return layerwise_masks(targets, counts, score=score, seed=seed)
 
 
+def lamp_scores(tensor: torch.Tensor) -> torch.Tensor:
+    """`cuda_ext.lamp_scores`, and the same scores in float64 for float64 weights (ties in
+    flattened-index order, as there)."""
+    if tensor.dtype in SUPPORTED:
+        return cuda_ext.lamp_scores(tensor)
+    sq = tensor.detach().reshape(-1).to(torch.float64).square()
+    order = torch.sort(sq, stable=True).indices
+    tail = sq[order].flip(0).cumsum(0).flip(0)  # Σ_{v≥u} over the ascending order
+    scores = torch.empty_like(sq)
+    scores[order] = sq[order] / tail
+    return scores.nan_to_num(0.0).reshape(tensor.shape)
+
+
 def lamp(targets: Sequence[Target], k: int) -> list[torch.Tensor]:
     """LAMP (Lee et al. 2021): global ranking of W[u]² / Σ_{v≥u} W[v]² per layer."""
-    return cuda_ext.global_magnitude_masks([cuda_ext.lamp_scores(t.tensor) for t in targets], k)
+    return magnitude_masks([lamp_scores(t.tensor) for t in targets], k)
 
 
 def random_global(targets: Sequence[Target], k: int, seed: int = 0) -> list[torch.Tensor]:
     """Uniformly random weights over all layers (already-pruned ones stay pruned)."""
     gen = torch_generator(seed)
-    return cuda_ext.global_magnitude_masks([random_scores(t, gen) for t in targets], k)
+    return magnitude_masks([random_scores(t, gen) for t in targets], k)

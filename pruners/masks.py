@@ -5,12 +5,19 @@ to a bool tensor, True = kept. Applied masks live as `weight_orig` + `weight_mas
 own forward pre-hook (a `prune.CustomFromMask`), so `prune.remove`, `prune.is_pruned` and other
 torch tools understand them; the mask buffer stays bool (see `_install`). Every function
 validates all masks before it touches the model.
+
+Torch's hook recomputes `weight` only when the module itself is called. Some modules read a
+child's weight without calling the child (`nn.MultiheadAttention` hands `out_proj.weight` to
+`F.multi_head_attention_forward`), so a pruned child would keep a stale, detached weight and
+never train; `_hook_readers` gives such parents a pre-hook that runs the children's own
+pruning hooks first.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -18,6 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 import cuda_ext
+from cuda_ext.ops import SUPPORTED
 from nasbench_core.atomic import atomic_path
 from nasbench_core.errors import CheckpointError
 from pruners.errors import PruneError
@@ -65,6 +73,32 @@ def validate_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
             )
 
 
+def zero_pruned_(tensors: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> None:
+    """In place w *= m: the fused `cuda_ext` op for the dtypes it takes, `masked_fill_` for the
+    rest (float64), so every float model can be pruned."""
+    fused = [(t, m) for t, m in zip(tensors, masks, strict=True) if t.dtype in SUPPORTED]
+    if fused:
+        cuda_ext.apply_masks_([t for t, _ in fused], [m for _, m in fused])
+    with torch.no_grad():
+        for t, m in zip(tensors, masks, strict=True):
+            if t.dtype not in SUPPORTED:
+                t.masked_fill_(~m, 0)
+
+
+def rewind_pruned_(tensors: Sequence[torch.Tensor], initial: Sequence[torch.Tensor],
+                   masks: Sequence[torch.Tensor]) -> None:
+    """In place w = w0 * m (a lottery rewind): fused where `cuda_ext` takes the dtype, a copy
+    then `masked_fill_` for the rest (float64)."""
+    fused = [i for i, t in enumerate(tensors) if t.dtype in SUPPORTED]
+    if fused:
+        cuda_ext.rewind_([tensors[i] for i in fused], [initial[i] for i in fused],
+                         [masks[i] for i in fused])
+    with torch.no_grad():
+        for t, w0, m in zip(tensors, initial, masks, strict=True):
+            if t.dtype not in SUPPORTED:
+                t.copy_(w0).masked_fill_(~m, 0)
+
+
 def masked_weight(module: nn.Module, attr: str) -> torch.Tensor:
     """`weight_orig * weight_mask` as torch's hook computes it, without a float copy of the mask.
 
@@ -72,8 +106,51 @@ def masked_weight(module: nn.Module, attr: str) -> torch.Tensor:
     weight-sized tensor per layer; the fused op multiplies in place on a copy of the weight.
     """
     out = getattr(module, attr + "_orig").detach().clone()
-    cuda_ext.apply_masks_([out], [getattr(module, attr + "_mask").bool()])
+    zero_pruned_([out], [getattr(module, attr + "_mask").bool()])
     return out
+
+
+READS_DIRECTLY: dict[type[nn.Module], tuple[str, ...]] = {nn.MultiheadAttention: ("out_proj",)}
+"""Module types whose forward reads these submodules' weights without calling them. (The
+encoder layer's fused inference path would too, but torch skips it when hooks are attached.)"""
+
+
+class RefreshPruned:
+    """Forward pre-hook: run the pruning hooks of submodules the module reads directly, so their
+    `weight` is `weight_orig * weight_mask` in this forward's graph (and the gradient reaches
+    `weight_orig`). A plain object, so a hooked model still deep-copies and pickles."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = tuple(paths)
+
+    def __call__(self, module: nn.Module, _args: Any) -> None:
+        for path in self.paths:
+            sub = module.get_submodule(path)
+            for hook in list(sub._forward_pre_hooks.values()):
+                if isinstance(hook, prune.BasePruningMethod):
+                    hook(sub, None)
+
+
+def _has_pruning_hook(module: nn.Module) -> bool:
+    return any(isinstance(h, prune.BasePruningMethod) for h in module._forward_pre_hooks.values())
+
+
+def _hook_readers(model: nn.Module) -> None:
+    """Give every module of a READS_DIRECTLY type whose read submodules are pruned a
+    RefreshPruned hook, once (an unpruned attention keeps torch's hook-free fast paths)."""
+    for module in model.modules():
+        paths = next((p for cls, p in READS_DIRECTLY.items() if isinstance(module, cls)), ())
+        if not any(_has_pruning_hook(module.get_submodule(p)) for p in paths):
+            continue
+        if not any(isinstance(h, RefreshPruned) for h in module._forward_pre_hooks.values()):
+            module.register_forward_pre_hook(RefreshPruned(paths))
+
+
+def _unhook_readers(model: nn.Module) -> None:
+    for module in model.modules():
+        for key, hook in list(module._forward_pre_hooks.items()):
+            if isinstance(hook, RefreshPruned):
+                del module._forward_pre_hooks[key]
 
 
 def _install(module: nn.Module, attr: str, mask: torch.Tensor) -> None:
@@ -108,6 +185,7 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> Masks:
         else:
             _install(module, attr, mask)
         out[name] = mask
+    _hook_readers(model)
     return out
 
 
@@ -137,6 +215,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
     for name in live_masks(model):
         module, attr = _resolve(model, name)
         prune.remove(module, attr)
+    _unhook_readers(model)
     return model
 
 
@@ -176,7 +255,7 @@ class MaskKeeper:
     @torch.no_grad()
     def __call__(self, *_args, **_kwargs) -> None:
         storages = [_storage(m, a) for m, a, _ in self._entries]
-        cuda_ext.apply_masks_(storages, [mask for _, _, mask in self._entries])
+        zero_pruned_(storages, [mask for _, _, mask in self._entries])
         for module, attr, _ in self._entries:
             setattr(module, attr, masked_weight(module, attr))
 

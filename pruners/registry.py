@@ -14,15 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
-import cuda_ext
 from nasbench_core.registry import Entry, Registry
 from pruners.errors import PruneError
-from pruners.masks import Masks, apply_masks, make_permanent
+from pruners.masks import Masks, apply_masks, make_permanent, zero_pruned_
 from pruners.options import PrunerOptions
 from pruners.selection import Target, select_targets
 
 PrunerFn = Callable[..., Iterable[torch.Tensor]]
-NEEDS = ("data", "train_fn", "finetune", "out_dir", "example_input", "on_level")
+NEEDS = ("data", "train_fn", "finetune", "out_dir", "example_input", "on_level", "on_progress")
 """What a pruner may need besides plain options; code (a runner) supplies these, not a config."""
 
 PRUNERS: Registry[PrunerFn] = Registry("pruning method", error=PruneError)
@@ -33,18 +32,35 @@ _SELECTION_KEYS = ("include_types", "exclude_types", "include", "exclude", "prun
                    "prune_last")
 
 
+KINDS = ("unstructured", "semi_structured", "structured")
+"""Mask pruners (`prune`), N:M mask pruners (`prune`, same form) and channel pruners (`shrink`)."""
+
+
 def register_pruner(name: str, *, options: type[PrunerOptions] = PrunerOptions,
-                    needs: Sequence[str] = ()) -> Callable[[PrunerFn], PrunerFn]:
+                    needs: Sequence[str] = (), kind: str = "unstructured",
+                    check: Callable[[Sequence[Target], int, Any], None] | None = None,
+                    ) -> Callable[[PrunerFn], PrunerFn]:
     """Register `fn` under `name` with its typed `options`; `needs` are the NEEDS a caller
-    must supply for it to work well (a runner reads them from the entry)."""
+    must supply for it to work well (a runner reads them from the entry). `check(targets, k,
+    options)` raises PruneError for a request the method cannot meet (e.g. `min_keep` keeping
+    more than remains), so it fails before any weight changes."""
     unknown = [n for n in needs if n not in NEEDS]
     if unknown:
         raise ValueError(f"pruner {name!r} declares unknown needs {unknown}; known: {NEEDS}")
-    return PRUNERS.register(name, options=options, needs=tuple(needs))
+    if kind not in KINDS[:2]:
+        raise ValueError(f"pruner {name!r}: kind {kind!r} is not a mask kind {KINDS[:2]}")
+    return PRUNERS.register(name, options=options, needs=tuple(needs), kind=kind, check=check)
 
 
-def list_pruners() -> list[str]:
-    return PRUNERS.list()
+def list_pruners(kind: str = "unstructured") -> list[str]:
+    """Method names of one kind (`KINDS`): `structured` ones go to `pruners.shrink`."""
+    if kind == "structured":
+        from pruners.structured import SHRINKERS
+
+        return SHRINKERS.list()
+    if kind not in KINDS:
+        raise PruneError(f"unknown pruner kind {kind!r}; known: {', '.join(KINDS)}")
+    return [e.name for e in PRUNERS if e.meta.get("kind", "unstructured") == kind]
 
 
 def get_pruner(name: str) -> PrunerFn:
@@ -93,7 +109,16 @@ def _plan(model: nn.Module, method: str, sparsity: float,
             f"model already has {already} of {n} selected weights pruned ({already / n:.1%}), "
             f"more than the requested {s:.1%}; masks only grow"
         )
+    if (check := entry.meta.get("check")) is not None:
+        check(targets, k, options)
     return (lambda: entry.obj(model, targets, k, options, **needs)), targets, k
+
+
+def check_prune(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> None:
+    """Everything `prune` checks before it touches a weight (sparsity, selection, options, the
+    method's own feasibility), touching nothing: a runner calls it on the built model before it
+    creates a run directory or trains. Needs may be left out."""
+    _plan(model, method, sparsity, dict(kwargs))
 
 
 def prune(model: nn.Module, method: str, sparsity: float, **kwargs: Any) -> Masks:
@@ -123,7 +148,7 @@ def prune_permanent(model: nn.Module, method: str, sparsity: float, **kwargs: An
     for t, mask in zip(targets, masks(), strict=True):
         if (old := t.mask) is not None:
             mask = mask & old
-        cuda_ext.apply_masks_([t.param.detach()], [mask])  # fused: no float copy of the mask
+        zero_pruned_([t.param.detach()], [mask])  # fused: no float copy of the mask
         out[t.name] = mask.numel() - int(mask.count_nonzero())
     if any(t.mask is not None for t in targets):
         make_permanent(model)  # earlier masks, and those of pruners that train (gradual, lottery)

@@ -1,6 +1,8 @@
 """Which parameters a pruner may touch.
 
-Default: every Conv/Linear `weight`. Users narrow or widen this by module type and by
+Default: every Conv/Linear `weight`, and the input projections of `nn.MultiheadAttention`
+(`in_proj_weight`, or `q/k/v_proj_weight` when key/value sizes differ; its `out_proj` is a
+Linear). Users narrow or widen this by module type and by
 name glob (fnmatch on the module's qualified name), and can keep the first conv and the
 classifier dense. A pattern that matches nothing is a mistake, not a no-op.
 """
@@ -16,7 +18,16 @@ from torch import nn
 
 from pruners.errors import PruneError
 
-DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.MultiheadAttention)
+_ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def weight_attrs(module: nn.Module) -> tuple[str, ...]:
+    """A module's prunable weight attributes: an attention's input projections (those it
+    has; the others are None), else `weight` when it has one."""
+    names = _ATTENTION_WEIGHTS if isinstance(module, nn.MultiheadAttention) else ("weight",)
+    return tuple(a for a in names if getattr(module, a, None) is not None)
 
 
 @dataclass(frozen=True)
@@ -79,19 +90,25 @@ def select_targets(
     prune_first: bool = True,
     prune_last: bool = True,
 ) -> list[Target]:
-    """Prunable weights in module order.
+    """Prunable weights in module order (a module's own weights before its children's).
 
     `include`/`exclude` are fnmatch globs on module names; each must match at least one
     candidate, else PruneError. `prune_first=False` keeps the first selected layer dense
     (usually the stem conv); `prune_last=False` keeps the last one (usually the classifier).
     """
+    for label, value in (("include", include), ("exclude", exclude),
+                         ("include_types", include_types), ("exclude_types", exclude_types)):
+        if value is not None and (isinstance(value, str) or not isinstance(value, Sequence)):
+            raise PruneError(f"{label}={value!r} must be a list, e.g. [{value!r}]")
+    for label, flag in (("prune_first", prune_first), ("prune_last", prune_last)):
+        if not isinstance(flag, bool):
+            raise PruneError(f"{label}={flag!r} must be true or false")
     types = _resolve_types(include_types) or DEFAULT_TYPES
     drop_types = _resolve_types(exclude_types)
     candidates = [
         (name, mod)
         for name, mod in model.named_modules()
-        if isinstance(mod, types) and not isinstance(mod, drop_types)
-        and getattr(mod, "weight", None) is not None
+        if isinstance(mod, types) and not isinstance(mod, drop_types) and weight_attrs(mod)
     ]
     for patterns, label in ((include, "include"), (exclude, "exclude")):
         for pat in patterns or ():
@@ -112,4 +129,4 @@ def select_targets(
         candidates = candidates[:-1]
     if not candidates:
         raise PruneError("no prunable layers selected; check include/exclude and layer types")
-    return [Target(f"{n}.weight" if n else "weight", n, m) for n, m in candidates]
+    return [Target(f"{n}.{a}" if n else a, n, m, a) for n, m in candidates for a in weight_attrs(m)]

@@ -34,17 +34,18 @@ def torch_oracle(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
 
 
 def sgd_train_fn(steps_per_epoch: int = 3, seed: int = 0):
-    """A tiny real training loop in the `train_fn(model, span, on_step)` form."""
+    """A tiny real training loop in the `train_fn(model, start, end, on_step)` form; step i's
+    batch depends on (seed, i) alone, as a rewound or resumed schedule needs."""
 
-    def train(model: nn.Module, span, on_step) -> None:
-        gen = torch.Generator().manual_seed(seed)
+    def train(model: nn.Module, start, end, on_step) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
-        total = span.value if span.unit == "it" else span.value * steps_per_epoch
-        for it in range(1, total + 1):
+        for it in range(start.steps(steps_per_epoch) + 1, end.steps(steps_per_epoch) + 1):
+            gen = torch.Generator().manual_seed(seed * 100_003 + it)
             opt.zero_grad()
             x = torch.randn(8, 1, 8, 8, generator=gen)
             y = torch.randint(0, 10, (8,), generator=gen)
-            nn.functional.cross_entropy(model(x), y).backward()
+            dtype = next(model.parameters()).dtype  # float64/bf16 models get their own dtype
+            nn.functional.cross_entropy(model(x.to(dtype)), y).backward()
             opt.step()
             on_step(it, it / steps_per_epoch)
 
@@ -266,7 +267,7 @@ def test_gradual_follows_cubic_schedule():
     assert all(a < b for a, b in zip(schedule, schedule[1:], strict=False))
     seen = []
 
-    def finetune(model, step, keep_masks):
+    def finetune(model, span, keep_masks):
         masks = pruners.get_masks(model)
         seen.append(sum(int((~m).sum()) for m in masks.values()))
         keep_masks()

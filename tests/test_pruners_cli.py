@@ -49,6 +49,14 @@ def test_prune_run_writes_masks_report_metrics_onnx(cli, tmp_path, method):
          "prune.kwargs.train_fn: 'lottery' gets 'train_fn' from the runner, not from a config"),
         (["prune.method=layer_dp", "prune.kwargs.num_samples=0"],
          "num_samples=0: Input should be greater than or equal to 1"),
+        # checked on the built model, still before training and the run directory
+        ("prune.kwargs.include=[no_such_layer]", "include pattern 'no_such_layer' matches no prunable layer"),
+        ("prune.kwargs.include=conv1", "include='conv1' must be a list"),
+        (["prune.method=global_magnitude", "prune.kwargs.min_keep=1000000"], "min_keep keeps"),
+        (["prune.method=uniform_plus", "prune.sparsity=0.999", "prune.kwargs.last_keep=1.0"],
+         "uniform_plus keeps the first (conv) layer dense, the last layer at >= 100%"),
+        (["prune.method=gradual_magnitude", "prune.kwargs.finetune_steps=3epochs"],
+         "finetune_steps='3epochs': finetune_steps '3epochs' is not a step count"),
     ],
 )
 def test_prune_user_errors_exit_2_with_one_line(cli, tmp_path, override, message):

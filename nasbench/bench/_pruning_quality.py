@@ -3,8 +3,9 @@
 Models: LeNet-300-100 (MLP) and a small CNN, trained dense with Adam. One-shot methods prune a
 copy of the dense model, then fine-tune it briefly with the masks kept; `_mt` variants keep at
 least 1% of every layer. Lottery tickets run IMP (20% of the remaining weights per level,
-rewinding to iteration 50; 10 in --quick) and are compared with a random re-initialisation of
-the same masks. Accuracy is on the held-out split (1,000 images);
+rewinding to iteration 50; 10 in --quick; the output layer dense) and are compared with their
+two controls: random masks with the ticket's per-layer counts, and the ticket's masks on weights
+re-drawn from the initialisation. Accuracy is on the held-out split (1,000 images);
 distortion is the output-logit MSE against the dense model on that split, before fine-tuning.
 The DP budget-discretisation error is measured on the same trained models against the exact
 solve (B = N, one unit per weight).
@@ -14,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 import time
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -47,14 +50,13 @@ def cnn() -> nn.Module:
 
 def make_train_fn(x: torch.Tensor, y: torch.Tensor, seed: int, batch_size: int = 128,
                   lr: float = 1e-3):
-    """`train_fn(model, span, on_step)` with Adam on in-memory tensors (seeded shuffling)."""
+    """`train_fn(model, start, end, on_step)` with Adam on in-memory tensors; each epoch's
+    order is seeded by (seed, epoch), so a rewound level sees the dense run's batches."""
 
-    def batches():
-        gen = torch.Generator().manual_seed(seed)
-        while True:
-            order = torch.randperm(len(x), generator=gen)
-            for i in range(0, len(x), batch_size):
-                yield x[order[i : i + batch_size]], y[order[i : i + batch_size]]
+    def batches(epoch: int, start: int):
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for i in range(start * batch_size, len(x), batch_size):
+            yield x[order[i : i + batch_size]], y[order[i : i + batch_size]]
 
     return adam_train_fn(batches, math.ceil(len(x) / batch_size), lr)
 
@@ -68,7 +70,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 
 def _finetune(model, train_fn, span):
     keep = pruners.MaskKeeper(model)
-    train_fn(model, span, lambda it, ep: keep())
+    train_fn(model, pruners.Span(0, "it"), span, lambda it, ep: keep())
 
 
 def quality(*, full: bool, quick: bool, seed: int) -> dict[str, Any]:
@@ -88,7 +90,7 @@ def quality(*, full: bool, quick: bool, seed: int) -> dict[str, Any]:
             torch.manual_seed(s_idx)
             dense = factory()
             init = copy.deepcopy(dense)
-            train_fn(dense, pruners.Span(epochs, "ep"), lambda it, ep: None)
+            train_fn(dense, pruners.Span(0, "it"), pruners.Span(epochs, "ep"), lambda it, ep: None)
             dense_acc, dense_out = evaluate(dense, xv, yv)
             base = {"model": mname, "seed": s_idx}
             rows.append({**base, "method": "dense", "sparsity": 0.0, "acc": dense_acc,
@@ -152,7 +154,10 @@ def _dp_error(curves, sizes, amounts, k) -> dict[str, float]:
 
 
 def _lottery(init, train_fn, epochs, sparsities, n, xv, yv, base) -> list[dict]:
-    """IMP with rewinding to iteration 50; the levels nearest each sparsity vs re-init."""
+    """IMP with rewinding to iteration 50, the output layer dense (open_lth's default); at the
+    levels nearest each sparsity, the ticket against both controls trained on its schedule:
+    `random` (random masks with the ticket's per-layer counts, on its rewind weights) and
+    `reinit` (its masks on weights re-drawn from the initialisation)."""
     levels = math.ceil(math.log(1 - max(sparsities)) / math.log(0.8))
     want = {round(math.log(1 - sp) / math.log(0.8)): sp for sp in sparsities}
     ticket, found = copy.deepcopy(init), {}
@@ -162,17 +167,23 @@ def _lottery(init, train_fn, epochs, sparsities, n, xv, yv, base) -> list[dict]:
             found[level] = (pruners.get_masks(model), evaluate(model, xv, yv)[0])
 
     rewind = "50it" if epochs >= 2 else "10it"
-    pruners.lottery_ticket(ticket, train_fn, levels=levels, rewind=rewind,
-                           train=f"{epochs}ep", on_level=on_level)
+    with tempfile.TemporaryDirectory() as tmp:
+        pruners.lottery_ticket(ticket, train_fn, levels=levels, rewind=rewind,
+                               train=f"{epochs}ep", on_level=on_level, out_dir=tmp,
+                               seed=base["seed"])
+        states = {name: safetensors.torch.load_file(f"{tmp}/{name}.safetensors")
+                  for name in ("init", "rewind")}
     rows = []
     for level, (masks, acc) in sorted(found.items()):
         sp = sum(int((~m).sum()) for m in masks.values()) / n
         rows.append({**base, "method": f"lottery_rewind{rewind}", "sparsity": want[level],
                      "actual_sparsity": sp, "acc": acc, "acc_finetuned": acc})
-        control = copy.deepcopy(init)
-        pruners.lottery_control(control, masks, "reinit", train_fn, train=f"{epochs}ep",
-                                seed=base["seed"] + 100)
-        rows.append({**base, "method": "lottery_reinit", "sparsity": want[level],
-                     "actual_sparsity": sp, "acc": evaluate(control, xv, yv)[0],
-                     "acc_finetuned": evaluate(control, xv, yv)[0]})
+        for kind in pruners.lottery.CONTROLS:
+            control = copy.deepcopy(init)
+            pruners.lottery_control(control, masks, kind, train_fn, rewind_state=states["rewind"],
+                                    init_state=states["init"], rewind=rewind, train=f"{epochs}ep",
+                                    seed=base["seed"] + 100 + level)
+            acc_control = evaluate(control, xv, yv)[0]
+            rows.append({**base, "method": f"lottery_{kind}", "sparsity": want[level],
+                         "actual_sparsity": sp, "acc": acc_control, "acc_finetuned": acc_control})
     return rows

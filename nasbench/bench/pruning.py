@@ -1,6 +1,6 @@
 """`nasbench bench pruning`: our pruners against torch's, side by side.
 
-Parts (`--set parts=speed,dp,quality`):
+Parts (`--set parts=speed,dp,quality,structured`):
 
 - `speed`: global magnitude at 90% vs `torch.nn.utils.prune.global_unstructured(L1Unstructured)`
   on 20 x Linear(4096, 4096) (335M weights), 20 x Linear(2048, 2048) (84M) and torchvision
@@ -15,6 +15,11 @@ Parts (`--set parts=speed,dp,quality`):
   available (or `--set peer_large=1`).
 - `dp`: the layer-DP solve for resnet50's 54 layers with K=101 amounts at several budget
   resolutions B (curves synthetic: the solve time does not depend on their values).
+- `structured`: channel pruning, ours vs Torch-Pruning's MagnitudePruner: measured size and
+  onnxruntime latency of ResNet-18 at 50% channels, accuracy after the same fine-tune on
+  mnist5k (see `nasbench/bench/_pruning_structured.py`).
+- `layer_dp`: fast layer-DP (cached suffixes, coarse-to-fine amounts) against the reference
+  computation on ResNet-18, 1,024 images, K=101 (see `nasbench/bench/_pruning_dp.py`).
 - `quality`: mnist5k accuracy/distortion table (see `nasbench/bench/_pruning_quality.py`);
   `--set quality=full` for the full table (2 models x 2 seeds x 5 sparsities), else a quick one.
 """
@@ -32,7 +37,7 @@ from pydantic import Field
 
 from nasbench.bench.registry import BenchOptions, BenchSettings, Flag, benchmark, names_of
 
-PARTS = ("speed", "dp", "quality")
+PARTS = ("speed", "dp", "quality", "structured", "layer_dp")
 GiB = 1 << 30
 
 
@@ -40,7 +45,11 @@ class PruningSettings(BenchSettings):
     parts: names_of(PARTS, "part") = list(PARTS)
     quality: Literal["quick", "full"] = "quick"
     sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    structured: names_of(("speed", "accuracy"), "structured part") = ["speed", "accuracy"]
     peer_large: Flag = False  # run torch's peer on the 335M case even without ~20 GiB free
+    dp_samples: Annotated[int, Field(ge=2)] = 1024  # layer_dp part: calibration images
+    dp_sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    dp_reference_full: Flag = False  # layer_dp part: time the whole reference (~1 h), no subset
 
 
 @benchmark("pruning", help="global magnitude vs torch global_unstructured; DP solve; mnist5k",
@@ -56,6 +65,16 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         from nasbench.bench._pruning_quality import quality
 
         figures["quality"] = quality(full=s.quality == "full", quick=opts.quick, seed=opts.seed)
+    if "structured" in s.parts:
+        from nasbench.bench._pruning_structured import structured
+
+        figures["structured"] = structured(s.structured, quick=opts.quick, seed=opts.seed)
+    if "layer_dp" in s.parts:
+        from nasbench.bench._pruning_dp import layer_dp_vs_reference
+
+        figures["layer_dp"] = layer_dp_vs_reference(
+            samples=128 if opts.quick else s.dp_samples, sparsity=s.dp_sparsity, seed=opts.seed,
+            reference_full=s.dp_reference_full)
     return figures
 
 

@@ -1,21 +1,27 @@
-"""`nasbench prune CONFIG [--set k=v]`: the prune runner from the shell."""
+"""`nasbench prune CONFIG [--set k=v] [--resume RUN]`: the prune runner from the shell."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nasbench.commands.common import CONFIG_ARGUMENT, QUIET_OPTION, SET_OPTION
+from nasbench.commands.common import CONFIG_ARGUMENT, QUIET_OPTION, RESUME_OPTION, SET_OPTION
 
 
 def command(
     config: Path | None = CONFIG_ARGUMENT,
     overrides: list[str] = SET_OPTION,
+    resume: Path | None = RESUME_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Prune a model with any registered pruner, fine-tune it and export it to ONNX."""
+    """Prune a model with any registered pruner, fine-tune it and export it to ONNX; `--resume`
+    continues a killed lottery run from its last finished level."""
     from nasbench.progress import set_quiet
     from nasbench.runners import prune
     from nasbench.runners.config import resolve
+    from nasbench.runs import load_run
 
     set_quiet(quiet)
-    prune.run(resolve(prune.PruneConfig, config, cli_overrides=overrides))
+    if resume is not None:
+        resume = load_run(resume).path
+        config = config or resume / "config.yaml"
+    prune.run(resolve(prune.PruneConfig, config, cli_overrides=overrides), resume=resume)

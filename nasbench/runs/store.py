@@ -318,8 +318,15 @@ def lock_holder(path: Path, wait: float = 1.0) -> str:
         time.sleep(0.05)
 
 
-def _exists_message(path: Path) -> str:
-    return f"run directory {path} already exists: pass --resume {path} or choose another run.name"
+_RESUME_HINTS = {"train": "", "search": "", "prune": " (a lottery run)"}
+"""Commands with `--resume`, and which of their runs it continues."""
+
+
+def _exists_message(path: Path, command: str) -> str:
+    """Names `--resume` only for a command that has it: the rest get a new name to choose."""
+    hint = _RESUME_HINTS.get(command)
+    resume = "" if hint is None else f" or pass --resume {path} to continue it{hint}"
+    return f"run directory {path} already exists: choose another run.name{resume}"
 
 
 def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) -> tuple[Path, RunLock]:
@@ -334,7 +341,7 @@ def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) ->
     path = root / name
     if path.exists():
         if not overwrite:
-            raise RunError(_exists_message(path))
+            raise RunError(_exists_message(path, command))
         lock = RunLock(path).acquire()
         try:
             for child in path.iterdir():
@@ -351,7 +358,7 @@ def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) ->
     try:
         path.mkdir(parents=True)
     except FileExistsError:  # another process created it since the check
-        raise RunError(_exists_message(path)) from None
+        raise RunError(_exists_message(path, command)) from None
     return path, RunLock(path).acquire()
 
 

@@ -2,8 +2,9 @@
 
 Each round: fit one regressor per objective (and per constrained column) on every measured row,
 except for values an objective gives exactly and cheaply (`Objective.batch`: an analytic
-parameter count, a fitted latency predictor), which are used as they are; run NSGA-II on that with a large inner budget, then measure the best-ranked archs of
-its final population that the table does not have yet. The first round measures the smallest
+parameter count, a fitted latency predictor), which are used as they are; run NSGA-II on that
+with a large inner budget, then measure the best-ranked archs of its final population that
+the table does not have yet. The first round measures the smallest
 and largest archs plus random ones.
 """
 

@@ -41,6 +41,10 @@ class ModelSection(StrictModel):
 
 
 class PruneSection(StrictModel):
+    """`kind: structured` removes channels (`pruners.shrink`; `sparsity` is then the fraction
+    of channels removed), see `nasbench.runners.prune.structured`."""
+
+    kind: Literal["unstructured", "structured"] = "unstructured"
     method: str = "global_magnitude"
     sparsity: float = Field(default=0.9, ge=0.0, lt=1.0)
     kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -119,48 +123,74 @@ def _read_weights(path: Path) -> dict:
         raise CheckpointError(f"model.weights={str(path)!r} is not a weights file: {exc}") from None
 
 
-def run(config: PruneConfig) -> Run:
-    """Prune `config.model` with `config.prune.method`, fine-tune, report, export to ONNX."""
+def run(config: PruneConfig, *, resume: Path | None = None) -> Run:
+    """Prune `config.model` with `config.prune.method`, fine-tune, report, export to ONNX.
+    `resume` continues a killed lottery run in that directory from its last finished level
+    (other methods have no state to continue: they are refused, as is a changed config)."""
     import safetensors.torch
 
     import pruners
-    from nasbench.classify import adam_train_fn, evaluate
+    from nasbench.classify import adam_train_fn, evaluate, shuffled_batches
     from nasbench.data import load_dataset
     from nasbench.onnx_export import export_onnx
     from nasbench.progress import echo
     from nasbench.runs import start_run
     from nasbench_core.atomic import atomic_path
-    from nasbench_core.seeding import seed_everything
+    from nasbench_core.seeding import seed_everything, seeded
 
     cfg = config
+    if cfg.prune.kind == "structured":
+        from nasbench.runners.prune.structured import run_structured
+
+        return run_structured(cfg, resume=resume)
     options = pruners.validate_prune_options(cfg.prune.method, cfg.prune.kwargs, where="prune.kwargs")
+    if resume is not None:
+        _check_resumable(cfg, resume)
     seed_everything(cfg.run.seed)
     bundle = load_dataset(data_for(cfg), seed=cfg.run.seed)
     model = build_model(cfg.model, bundle.num_classes, bundle.in_chans)
-    loader = bundle.train_loader
-    train_fn = adam_train_fn(lambda: loader, len(loader), cfg.finetune.lr)
+    pruners.check_prune(model, cfg.prune.method, cfg.prune.sparsity, **options)  # before the run dir
+    per_epoch = len(bundle.train_loader)
+    train_fn = adam_train_fn(shuffled_batches(bundle.train_dataset, bundle.batch_size, cfg.run.seed,
+                                              bundle.num_workers), per_epoch, cfg.finetune.lr)
     example = next(iter(bundle.val_loader))[0][:1]
 
     with start_run("prune", cfg.model_dump(mode="json"), cfg.run.seed, root=cfg.run.root,
-                   name=cfg.run.name) as run:
-        if cfg.model.train_epochs:
-            echo(f"training {cfg.model.name} for {cfg.model.train_epochs} epochs before pruning")
-            train_fn(model, pruners.Span(cfg.model.train_epochs, "ep"), lambda it, ep: None)
-        before = evaluate(model, bundle.val_loader)
-        run.log_metrics({"stage": "dense", "val_acc": before, "sparsity": 0.0})
+                   name=cfg.run.name, resume=resume) as run:
+        done = run.metrics
+        dense = done[done["stage"] == "dense"] if "stage" in done else done
+        logged = set(done["stage"]) if "stage" in done else set()
+
+        def log_once(row: dict[str, Any]) -> None:  # a resume does not repeat a stage's row
+            if row["stage"] not in logged:
+                run.log_metrics(row)
+
+        continuing = resume is not None and pruners.lottery.resumable(run.path / "lottery")
+        if continuing:  # the lottery's own state holds the model from here on
+            before = float(dense["val_acc"].iloc[0])
+        else:
+            if cfg.model.train_epochs:
+                echo(f"training {cfg.model.name} for {cfg.model.train_epochs} epochs before pruning")
+                with seeded(cfg.run.seed):
+                    train_fn(model, pruners.Span(0, "it"), pruners.Span(cfg.model.train_epochs, "ep"),
+                             lambda it, ep: None)
+            before = evaluate(model, bundle.val_loader)
+            log_once({"stage": "dense", "val_acc": before, "sparsity": 0.0})
         supplied = _needs(cfg, run, bundle, train_fn, example)
         needs = {name: supplied[name] for name in pruners.pruner_entry(cfg.prune.method).meta["needs"]}
         masks = pruners.prune(model, cfg.prune.method, cfg.prune.sparsity, **options, **needs)
         pruned = sum(int((~m).sum()) for m in masks.values())
         sparsity = pruned / sum(m.numel() for m in masks.values())
         after = evaluate(model, bundle.val_loader)
-        run.log_metrics({"stage": "pruned", "val_acc": after, "sparsity": sparsity})
+        log_once({"stage": "pruned", "val_acc": after, "sparsity": sparsity})
         tuned = after
         if cfg.finetune.epochs:
             keep = pruners.MaskKeeper(model)
-            train_fn(model, pruners.Span(cfg.finetune.epochs, "ep"), lambda it, ep: keep())
+            with seeded(cfg.run.seed + 1):
+                train_fn(model, pruners.Span(0, "it"), pruners.Span(cfg.finetune.epochs, "ep"),
+                         lambda it, ep: keep())
             tuned = evaluate(model, bundle.val_loader)
-            run.log_metrics({"stage": "finetuned", "val_acc": tuned, "sparsity": sparsity})
+            log_once({"stage": "finetuned", "val_acc": tuned, "sparsity": sparsity})
         pruners.save_masks(run.path / "masks.safetensors", pruners.get_masks(model))
         report = pruners.sparsity_report(model, example)
         run.write_table("sparsity", report.assign(shape=report["shape"].astype(str)))
@@ -170,15 +200,52 @@ def run(config: PruneConfig) -> Run:
                 {k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
         summary = {"method": cfg.prune.method, "sparsity": sparsity, "pruned": pruned,
                    "acc_dense": before, "acc_pruned": after, "acc_finetuned": tuned,
-                   "flop_sparsity": float(report["flop_sparsity"].iloc[-1])}
+                   "flop_sparsity": float(report["flop_sparsity"].iloc[-1]),
+                   **_control_accuracies(run)}
         if cfg.onnx:
             result = export_onnx(model, tuple(example.shape[1:]), run.path / "pruned.onnx")
             summary["onnx_max_abs_diff"] = result.max_abs_diff
         run.update_manifest(summary=summary)
         run.write_json("summary.json", summary)
         echo(f"{cfg.prune.method} {sparsity:.1%}: acc {before:.3f} -> {after:.3f} -> "
-             f"{tuned:.3f} (fine-tuned); FLOPs -{summary['flop_sparsity']:.1%} -> {run.path}")
+             f"{tuned:.3f} (fine-tuned); FLOPs -{summary['flop_sparsity']:.1%} (theoretical) "
+             f"-> {run.path}")
         return run
+
+
+def _check_resumable(cfg: PruneConfig, path: Path) -> None:
+    """Refuse, before anything runs, a resume that could not continue the run as it was: a
+    method without per-level state, or a config that differs from the stored one."""
+    from nasbench.runs import load_run
+
+    stored_run = load_run(path)
+    if stored_run.manifest.get("command") != "prune":
+        raise ConfigError(f"cannot resume {path} with `prune`: it is a "
+                          f"`{stored_run.manifest.get('command')}` run")
+    if cfg.prune.method != "lottery":
+        raise ConfigError(f"prune --resume continues lottery runs (they keep per-level state); "
+                          f"method {cfg.prune.method!r} has none: start a new run")
+    stored = stored_run.config.model_dump(mode="json")
+    wanted = cfg.model_dump(mode="json")
+    for key, old, new in _differences(stored, wanted):
+        raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {new!r}; a resume keeps "
+                          "the run's settings (start a new run to change them)")
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new))
+                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _control_accuracies(run: Run) -> dict[str, float]:
+    """`acc_control_<kind>` for each lottery control the run trained (from metrics.csv)."""
+    metrics = run.metrics
+    if "stage" not in metrics:
+        return {}
+    rows = metrics[metrics["stage"].astype(str).str.startswith("control_")]
+    return {f"acc_{stage}": float(acc) for stage, acc in zip(rows["stage"], rows["val_acc"], strict=True)}
 
 
 def _needs(cfg: PruneConfig, run: Run, bundle: Any, train_fn: Callable, example: Any) -> dict[str, Any]:
@@ -186,12 +253,19 @@ def _needs(cfg: PruneConfig, run: Run, bundle: Any, train_fn: Callable, example:
     import pruners
     from nasbench.classify import evaluate
 
-    def finetune(model: Any, step: int, keep_masks: Callable[[], None]) -> None:
-        if cfg.finetune.epochs:
-            train_fn(model, pruners.Span(cfg.finetune.epochs, "ep"), lambda it, ep: keep_masks())
+    done = [0]  # gradual's fine-tunes continue one schedule (and data order) from step to step
 
-    def on_level(level: int, model: Any) -> None:
-        run.log_metrics({"stage": f"level_{level}", "val_acc": evaluate(model, bundle.val_loader)})
+    def finetune(model: Any, span: Any, keep_masks: Callable[[], None]) -> None:
+        start, done[0] = done[0], done[0] + span.steps(len(bundle.train_loader))
+        train_fn(model, pruners.Span(start, "it"), pruners.Span(done[0], "it"),
+                 lambda it, ep: keep_masks())
+
+    def on_level(level: int, model: Any, control: str | None = None) -> None:
+        stage = f"level_{level}" if control is None else f"control_{control}"
+        run.log_metrics({"stage": stage, "val_acc": evaluate(model, bundle.val_loader)})
+
+    from nasbench.progress import Steps
 
     return {"data": bundle.train_loader, "train_fn": train_fn, "finetune": finetune,
-            "out_dir": str(run.path / "lottery"), "example_input": example, "on_level": on_level}
+            "out_dir": str(run.path / "lottery"), "example_input": example, "on_level": on_level,
+            "on_progress": Steps()}
