@@ -73,7 +73,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         from nasbench.bench._pruning_dp import layer_dp_vs_reference
 
         figures["layer_dp"] = layer_dp_vs_reference(
-            samples=128 if opts.quick else s.dp_samples, sparsity=s.dp_sparsity, seed=opts.seed,
+            samples=8 if opts.quick else s.dp_samples, sparsity=s.dp_sparsity, seed=opts.seed,
             reference_full=s.dp_reference_full)
     return figures
 
