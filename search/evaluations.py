@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -298,6 +299,24 @@ def with_pareto(df: pd.DataFrame, directions: Mapping[str, str],
     return out
 
 
+class Backend(Protocol):
+    """Measures archs for an `Evaluator`: yields `(index into archs, {metric: value})` as each
+    finishes, in any order."""
+
+    def measure(self, archs: Sequence[dict]) -> Iterator[tuple[int, Mapping[str, float]]]: ...
+
+
+class SerialBackend:
+    """Every metric of each arch in turn, in this process."""
+
+    def __init__(self, metrics: Sequence[Objective]):
+        self.metrics = list(metrics)
+
+    def measure(self, archs: Sequence[dict]) -> Iterator[tuple[int, dict[str, float]]]:
+        for index, arch in enumerate(archs):
+            yield index, {m.name: m(arch) for m in self.metrics}
+
+
 class BudgetExhausted(Exception):
     """Raised inside an optimizer when the true-evaluation budget is spent."""
 
@@ -310,7 +329,10 @@ class Evaluator:
     `log` (an `EvaluationLog`) gets every new row, durably, as soon as it is measured;
     `on_update(df)` runs after every batch (the CLI uses it to compact the table to Parquet).
     `next_generation` is one past the largest `generation` of `table` (0 without one), where a
-    resumed search continues counting.
+    resumed search continues counting. `backend` measures a batch's new archs (`SerialBackend`,
+    one after another in process, by default; `nasbench.distributed.evaluate.RayBackend`
+    concurrently on Ray workers): rows are journaled as they finish and enter the table in the
+    batch's order, so the table does not depend on how many workers measured it.
     """
 
     def __init__(
@@ -326,6 +348,7 @@ class Evaluator:
         on_update: Callable[[pd.DataFrame], None] | None = None,
         log: EvaluationLog | None = None,
         provenance: Mapping[str, str] | None = None,
+        backend: Backend | None = None,
     ):
         self.space = space
         self.provenance = dict(provenance or {})
@@ -336,6 +359,7 @@ class Evaluator:
         self.budget = budget
         self.on_update = on_update
         self.log = log
+        self.backend = backend or SerialBackend(self.metrics)
         self.n_new = 0
         base = table_dtypes(empty_table([m.name for m in self.metrics]) if table is None else table)
         for m in self.metrics:  # floats while searching: NaN marks an unmeasured value
@@ -385,31 +409,34 @@ class Evaluator:
         """
         archs = [self.space.canonical(a) for a in archs]  # one subnet, one row: never twice
         ids = [self.space.arch_id(a) for a in archs]
-        new_rows = []
+        new = list({aid: arch for arch, aid in zip(archs, ids, strict=True)
+                    if aid not in self._rows}.items())
+        over_budget = len(new) > self.remaining
+        if over_budget:
+            new = new[: max(0, int(self.remaining))]
+        finished: dict[int, dict] = {}
         try:
-            for arch, aid in zip(archs, ids, strict=True):
-                if aid in self._rows or any(r["arch_id"] == aid for r in new_rows):
-                    continue
-                if self.remaining <= 0:
-                    raise BudgetExhausted
-                row = self._measure(arch, aid, generation)
-                if self.log is not None:  # durable before the next evaluation starts
+            for index, values in self.backend.measure([arch for _, arch in new]):
+                aid, arch = new[index]
+                row = self._row(arch, aid, values, generation)
+                if self.log is not None:  # durable as soon as it is measured
                     self.log.append(row)
-                new_rows.append(row)
+                finished[index] = row
                 self.n_new += 1
         finally:
-            self._append(new_rows)
+            self._append([finished[i] for i in sorted(finished)])
+        if over_budget:
+            raise BudgetExhausted
         names = [m.name for m in self.metrics]
         rows = [[self._records[self._rows[aid]][n] for n in names] for aid in ids]
         return pd.DataFrame(rows, columns=names, dtype=float)
 
-    def _measure(self, arch: dict, aid: str, generation: int) -> dict:
-        values = {m.name: m(arch) for m in self.metrics}
+    def _row(self, arch: dict, aid: str, values: Mapping[str, float], generation: int) -> dict:
         sources = {m.source for m in self.metrics}
         return {
             "arch_id": aid,
             "arch": self.space.canonical_json(arch),
-            **values,
+            **{m.name: values[m.name] for m in self.metrics},
             "source": sources.pop() if len(sources) == 1 else "mixed",
             "device": self.device,
             "seed": self.seed,

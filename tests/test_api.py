@@ -143,6 +143,20 @@ def test_a_completed_search_grows_with_a_larger_budget_and_records_it(tmp_path):
     assert grown.config.budget == 5 and nasbench.load_run(grown.path).config.budget == 5
 
 
+def test_budget_plus_n_extends_a_completed_search_from_the_cli(tmp_path, cli):
+    first = nasbench.search(tiny_search(tmp_path, "p", ["params", "macs"]), budget=2, quiet=True)
+    result = cli("search", "--resume", str(first.path), "--set", "budget=+3", "--quiet")
+    assert result.code == 0, result.err
+    grown = nasbench.load_run(first.path)
+    assert len(grown.evaluations) == 5 and grown.config.budget == 5  # stored as the total
+    assert nasbench.search(first.config, resume=True, budget="+1", quiet=True).config.budget == 6
+    assert nasbench.search(tiny_search(tmp_path, "new", ["params"]), budget="+2",
+                           quiet=True).config.budget == 2  # a new run: N evaluations
+    bad = cli("search", "--resume", str(first.path), "--set", "budget=+0", "--quiet")
+    assert bad.code == 2 and bad.err.strip() == "nasbench: error: budget +0: add at least one evaluation"
+    assert len(nasbench.load_run(first.path).evaluations) == 6
+
+
 def test_there_is_one_runner_module_per_job_and_each_is_driven_by_a_public_function():
     import importlib
     import pkgutil

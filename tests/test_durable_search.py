@@ -162,12 +162,12 @@ KILLABLE = """
 import json, sys
 import nasbench
 import search.evaluations as ev
-measure = ev.Evaluator._measure
-def announced(self, arch, aid, generation):  # says when a measurement is done, before its journal line
-    row = measure(self, arch, aid, generation)
+row_of = ev.Evaluator._row
+def announced(self, arch, aid, values, generation):  # a measurement is done, before its journal line
+    row = row_of(self, arch, aid, values, generation)
     print("measured", aid, flush=True)
     return row
-ev.Evaluator._measure = announced
+ev.Evaluator._row = announced
 nasbench.search(json.loads(sys.argv[1]), quiet=True)
 """
 
@@ -233,14 +233,14 @@ GATED = """
 import sys, time
 from pathlib import Path
 import search.evaluations as ev
-measure = ev.Evaluator._measure
+row_of = ev.Evaluator._row
 gate = Path(sys.argv[1])
-def gated(self, arch, aid, generation):  # holds the run until the test has tried to resume it too
-    row = measure(self, arch, aid, generation)
+def gated(self, arch, aid, values, generation):  # holds the run until the test tried to resume it
+    row = row_of(self, arch, aid, values, generation)
     while not gate.exists():
         time.sleep(0.05)
     return row
-ev.Evaluator._measure = gated
+ev.Evaluator._row = gated
 from nasbench.cli import main
 main(sys.argv[2:])
 """

@@ -13,6 +13,7 @@ import pytest
 
 from nasbench.distributed import cluster, jobs
 from nasbench.distributed.dashboard import ClusterError
+from search.evaluations import log_path, read_log
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +146,7 @@ def _vit():
 def _hparams():
     from supernets.train import TrainHParams
 
-    return TrainHParams(epochs=3, lr=0.05, max_steps_per_epoch=2, warmup_epochs=0, amp=False,
+    return TrainHParams(epochs=3, lr=0.05, max_steps_per_epoch=2, warmup_epochs=0, precision="fp32",
                         val_max_batches=1, keep_checkpoints=2)
 
 
@@ -277,3 +278,68 @@ def test_actor_pool_retries_records_failures_and_builds_metrics_once(head, tmp_p
     assert math.isnan(outcomes[3].values["picky"]) and math.isnan(outcomes[3].values["double"])
     assert [o.values["picky"] for o in outcomes if o.arch["x"] not in (3,)] == [0, 1, 4, 16, 25]
     assert len(list(builds.iterdir())) == 2
+
+
+# -- distributed search -----------------------------------------------------------------------
+def _search_config(root: Path, name: str, **changes) -> dict:
+    from tests.test_api import tiny_search
+
+    cfg = tiny_search(root, name, ["top1", "params"])
+    cfg["optimizer"] = {"name": "nsga2", "settings": {"pop_size": 4}}
+    return {**cfg, "budget": 10, **changes}
+
+
+def test_a_search_on_ray_workers_gives_the_in_process_table(head, tmp_path):
+    """Same seed, same table: arch set, order and values do not depend on the workers."""
+    import nasbench
+
+    local = nasbench.search(_search_config(tmp_path, "local"), quiet=True).evaluations
+    on_ray = nasbench.search(_search_config(
+        tmp_path, "ray", runner="ray",
+        ray={"address": head.address, "num_workers": 2, "cpus_per_worker": 1}), quiet=True)
+    remote = on_ray.evaluations
+    assert len(local) == 10
+    columns = ["arch_id", "arch", "top1", "params", "generation"]
+    assert remote[columns].equals(local[columns])
+    journal = log_path(on_ray.path / "evaluations.parquet")
+    assert len(journal.read_text().splitlines()) == 10  # each arch journaled once
+    assert sorted(read_log(journal)["arch_id"]) == sorted(local["arch_id"])
+
+
+def test_a_worker_killed_mid_evaluation_is_retried_and_the_arch_measured_once(head, tmp_path):
+    import signal
+
+    from nasbench.distributed.evaluate import MetricsPool, RayBackend
+    from nasbench.distributed.train import ray_session
+    from search.evaluations import EvaluationLog, Evaluator
+    from search.objectives import Objective
+    from supernets.space import SearchSpace
+
+    space = SearchSpace({"x": list(range(8))})
+    killed, builds = tmp_path / "killed", tmp_path / "builds"
+    builds.mkdir()
+
+    def make_metrics():
+        (builds / str(os.getpid())).touch()
+
+        def square(arch):
+            if arch["x"] == 5 and not killed.exists():
+                killed.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)  # the worker dies mid-evaluation
+            return float(arch["x"] ** 2)
+
+        return {"square": square}
+
+    objective = Objective("square", lambda arch: float(arch["x"] ** 2), "min")
+    journal = tmp_path / "evaluations.log.jsonl"
+    with ray_session(head.address), \
+            MetricsPool(make_metrics, num_actors=2, max_retries=1, num_cpus=0.5) as pool, \
+            EvaluationLog(journal) as log:
+        evaluator = Evaluator(space, [objective], backend=RayBackend(pool), log=log)
+        values = evaluator.evaluate([{"x": i} for i in range(8)])
+    assert killed.exists()
+    assert values["square"].tolist() == [float(i * i) for i in range(8)]
+    assert [space.parse(a)["x"] for a in evaluator.df["arch"]] == list(range(8))  # batch order
+    assert len(journal.read_text().splitlines()) == 8  # the killed arch is journaled once
+    assert sorted(read_log(journal)["arch_id"]) == sorted(evaluator.df["arch_id"])
+    assert len(list(builds.iterdir())) == 3  # two actors, one replacement for the killed one

@@ -148,26 +148,6 @@ def test_worker_user_error_becomes_one_line():
     assert user_error_from(_WorkerGroupError({0: RuntimeError("bug")})) is None
 
 
-def test_outcomes_become_evaluation_rows_with_nan_for_failures():
-    import math
-
-    from nasbench.distributed.evaluate import EvalOutcome, evaluation_rows
-    from search.evaluations import empty_table
-    from supernets.space import SearchSpace
-
-    space = SearchSpace({"depth": [1, 2], "width": [8, 16]})
-    good, bad = space.smallest(), space.largest()
-    outcomes = [
-        EvalOutcome(good, {"top1": 0.5, "latency_ms": 1.25}, attempts=1),
-        EvalOutcome(bad, {"top1": math.nan, "latency_ms": math.nan}, attempts=2, error="boom"),
-    ]
-    rows = evaluation_rows(outcomes, space, device="cpu", seed=7, generation=3)
-    assert list(rows.columns) == list(empty_table(["top1", "latency_ms"]).columns)
-    assert list(rows["arch_id"]) == [space.arch_id(good), space.arch_id(bad)]
-    assert rows.loc[0, "top1"] == 0.5 and math.isnan(rows.loc[1, "latency_ms"])
-    assert list(rows["generation"]) == [3, 3] and list(rows["seed"]) == [7, 7]
-
-
 def test_server_refusal_is_reduced_to_its_reason():
     from nasbench.distributed.jobs import _server_message
 
@@ -182,3 +162,18 @@ def test_server_refusal_is_reduced_to_its_reason():
     )
     plain = RuntimeError("Request failed with status code 500: No available agent, try later..")
     assert _server_message(plain) == "No available agent, try later."
+
+
+def test_search_workers_the_cluster_cannot_place_are_refused_in_one_line(monkeypatch):
+    import ray
+
+    from nasbench.errors import ConfigError
+    from nasbench.runners.search import RaySearchSection, _check_capacity
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "edge": 1.0})
+    _check_capacity(RaySearchSection(num_workers=2))
+    _check_capacity(RaySearchSection(num_workers=2, resources={"edge": 0.5}))
+    with pytest.raises(ConfigError, match=r"^ray: 3 workers need 3 CPU; the cluster has 2$"):
+        _check_capacity(RaySearchSection(num_workers=3))
+    with pytest.raises(ConfigError, match=r"^ray: 2 workers need 0.002 gpu_edge; the cluster has 0$"):
+        _check_capacity(RaySearchSection(num_workers=2, resources={"gpu_edge": 0.001}))

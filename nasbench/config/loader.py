@@ -5,6 +5,7 @@ Every message names the file (or `--set`), the dotted key and what was expected.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,8 +46,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+RELATIVE = re.compile(r"^\+\d+$")
+
+
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
-    """`a.b=3` -> (["a", "b"], 3); values are typed by YAML (ints, floats, bools, lists)."""
+    """`a.b=3` -> (["a", "b"], 3); values are typed by YAML (ints, floats, bools, lists), except
+    that a signed integer written with `+` stays text, so a relative value (`budget=+100`) reaches
+    the config as such instead of becoming 100."""
     parsed = []
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -54,6 +60,9 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
         parts = key.split(".")
         if not sep or not key or any(not p for p in parts):
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
+        if RELATIVE.match(raw.strip()):
+            parsed.append((parts, raw.strip()))
+            continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:

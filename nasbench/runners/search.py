@@ -10,14 +10,17 @@ allowed to try the pipeline and labelled as such.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from nasbench.config import DataConfig, RunConfig, StrictModel
+from nasbench.config.loader import RELATIVE
 from nasbench.data.fixed import FixedSubset
-from nasbench.errors import RunError
+from nasbench.errors import ConfigError, RunError
 from nasbench.runs import Run
 
 
@@ -49,17 +52,47 @@ class OptimizerConfig(StrictModel):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class RaySearchSection(StrictModel):
+    """`runner: ray`: evaluation workers on a Ray cluster — the one at `address`, else the
+    `nasbench cluster up` cluster when one runs, else a Ray started in this process."""
+
+    address: str | None = None
+    num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    max_retries: int = Field(default=1, ge=0)
+
+
 class SearchConfig(StrictModel):
     supernet: SupernetSource = Field(default_factory=lambda: SupernetSource(family="mbv3"))
     data: DataConfig | None = None
     objectives: list[str] = Field(default_factory=lambda: ["top1", "macs"], min_length=1)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    budget: int = Field(default=100, ge=1)
+    budget: int | str = 100
+    """True evaluations in the table at the end; `+N` means N more than the resumed run has
+    (N on a new run)."""
     constraints: list[str] = Field(default_factory=list)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     latency: dict[str, Any] = Field(default_factory=dict)
     predictors: dict[str, Path] = Field(default_factory=dict)
+    warm_start: list[Path] = Field(default_factory=list)
+    """Earlier search runs whose evaluations seed this one (see `search.warm_start`)."""
     run: RunConfig = Field(default_factory=RunConfig)
+    runner: Literal["local", "ray"] = "local"
+    ray: RaySearchSection = Field(default_factory=RaySearchSection)
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and RELATIVE.match(value.strip()):
+            return value.strip()
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError("expected a positive integer, or +N for N more evaluations") from None
+        if number < 1:
+            raise ValueError("must be at least 1")
+        return number
 
 
 def load_supernet(cfg: SearchConfig, device: str):
@@ -115,7 +148,9 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
         with_pareto,
         write_table,
     )
+    from search.warm_start import own_rows
 
+    config = config.model_copy(update={"budget": _absolute_budget(config.budget, resume)})
     for name in config.objectives:
         search.objectives.objective_kind(name)
     constraints = [search.parse_constraint(c, search.list_objectives()) for c in config.constraints]
@@ -127,6 +162,10 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
         echo(f"warning: searching an UNTRAINED {info['family']} supernet (preset "
              f"{info['preset']}): accuracies only exercise the pipeline")
     predictors = _load_predictors(config, net.space, device)
+    drawn = FixedSubset.draw(data, bn_batches=config.evaluation.bn_batches,
+                             val_batches=config.evaluation.val_batches, seed=config.run.seed)
+    metric_names = list(dict.fromkeys(config.objectives + [c.column for c in constraints]))
+    warm = _warm_start_sources(config, net.space.fingerprint(), device, drawn.id, info, metric_names)
 
     grows = resume is not None and _check_growth(resume, config.budget)
     with start_run("search", config.model_dump(mode="json"), config.run.seed, root=config.run.root,
@@ -142,7 +181,8 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
             check_compatible(meta, space_fingerprint=net.space.fingerprint(), device=device,
                              metrics=[m.name for m in objectives + extra],
                              calibration=subset.id)
-        done = 0 if table is None else len(table)
+        table = _with_imported(table, warm, metric_names)
+        done = own_rows(table)
         run.update_manifest(supernet=info, space_fingerprint=net.space.fingerprint())
 
         shown = [done]
@@ -155,14 +195,16 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
                 echo(f"evaluated {count}/{config.budget}")
 
         journal = EvaluationLog(log_path(table_path))
-        evaluator = search.Evaluator(net.space, objectives, extra=extra, table=table,
-                                     device=device, seed=config.run.seed,
-                                     budget=max(0, config.budget - done), on_update=persist,
-                                     log=journal, provenance={"calibration": subset.id})
-        if table is None:  # the table's metadata is on disk before the journal's first row
-            write_table(table_path, evaluator.df, evaluator.metadata())
-        problem = search.SearchProblem(evaluator, constraints)
-        with journal:
+        with journal, _backend(config, subset, device) as backend:
+            evaluator = search.Evaluator(net.space, objectives, extra=extra, table=table,
+                                         device=device, seed=config.run.seed,
+                                         budget=max(0, config.budget - done), on_update=persist,
+                                         log=journal, provenance={"calibration": subset.id},
+                                         backend=backend)
+            if not table_path.exists() or len(evaluator.df) > done:
+                # the metadata (and imported rows) are on disk before the journal's first row
+                write_table(table_path, evaluator.df, evaluator.metadata())
+            problem = search.SearchProblem(evaluator, constraints)
             optimizer.run(problem, seed=config.run.seed, workdir=run.path)
 
         df = evaluator.df
@@ -176,7 +218,8 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
         if not info["trained"]:
             title += " (UNTRAINED supernet)"
         _save_plot(df, evaluator.directions, x, y, feasible, title, run.path / "pareto.png")
-        run.update_manifest(evaluations=len(df), pareto=len(front), feasible=int(feasible.sum()))
+        run.update_manifest(evaluations=own_rows(df), imported=len(df) - own_rows(df),
+                            pareto=len(front), feasible=int(feasible.sum()))
         echo(f"{len(df)} evaluations, {len(front)} on the Pareto front -> {run.path}")
         return run
 
@@ -196,6 +239,109 @@ def _objectives(config: SearchConfig, constraints, net, data, subset, predictors
     objectives = search.make_objectives(config.objectives, ctx)
     extra_names = [c.column for c in constraints if c.column not in config.objectives]
     return objectives, search.make_objectives(list(dict.fromkeys(extra_names)), ctx)
+
+
+@contextlib.contextmanager
+def _backend(config: SearchConfig, subset: FixedSubset, device: str) -> Iterator[Any]:
+    """None (evaluate in this process) or a `RayBackend` whose workers each build the supernet
+    and objectives once, from this config and the run's fixed subset, for the whole search."""
+    if config.runner == "local":
+        yield None
+        return
+    from functools import partial
+
+    from nasbench.distributed.evaluate import MetricsPool, RayBackend
+    from nasbench.distributed.train import ray_session
+    from nasbench.progress import echo
+
+    section = config.ray
+    make_metrics = partial(worker_metrics, config.model_dump(mode="json"), subset, device)
+    with ray_session(section.address):
+        _check_capacity(section)
+        with MetricsPool(make_metrics, num_actors=section.num_workers,
+                         max_retries=section.max_retries, num_cpus=section.cpus_per_worker,
+                         resources=section.resources) as pool:
+            echo(f"evaluating on Ray with {pool.size} workers")
+            yield RayBackend(pool)
+
+
+def worker_metrics(config: dict, subset: FixedSubset, device: str) -> dict[str, Any]:
+    """What a Ray worker measures with: the search's objectives and constraint metrics, built
+    from the same config, seed and fixed subset as in the driver (so values are identical)."""
+    import search
+
+    cfg = SearchConfig.model_validate(config)
+    constraints = [search.parse_constraint(c, search.list_objectives()) for c in cfg.constraints]
+    net, data, _ = load_supernet(cfg, cfg.evaluation.device)
+    objectives, extra = _objectives(cfg, constraints, net, data, subset,
+                                    _load_predictors(cfg, net.space, device))
+    return {m.name: m for m in [*objectives, *extra]}
+
+
+def _check_capacity(section: RaySearchSection) -> None:
+    """Workers that can never be placed would wait forever: refuse them in one line."""
+    import ray
+
+    have = ray.cluster_resources()
+    need = {"CPU": section.num_workers * section.cpus_per_worker,
+            **{k: section.num_workers * v for k, v in section.resources.items()}}
+    for name, amount in need.items():
+        if have.get(name, 0.0) < amount:
+            raise ConfigError(f"ray: {section.num_workers} workers need {amount:g} {name}; the "
+                              f"cluster has {have.get(name, 0.0):g}")
+
+
+def _warm_start_sources(config: SearchConfig, space_fingerprint: str, device: str,
+                        calibration: str, supernet: dict, metrics: list[str]) -> list[Any]:
+    """The `warm_start` runs' tables, each checked to measure what this search would (before
+    any run directory is touched)."""
+    from nasbench.runs import load_run
+    from search.evaluations import read_table
+    from search.warm_start import SourceTable, check_source
+
+    sources = []
+    for path in config.warm_start:
+        earlier = load_run(path)
+        if earlier.manifest.get("command") != "search":
+            raise RunError(f"search.warm_start: {earlier.path} is a "
+                           f"`{earlier.manifest.get('command')}` run, not a search")
+        rows, meta = read_table(earlier.path / "evaluations.parquet")
+        source = SourceTable(str(earlier.path), rows, meta, earlier.manifest.get("supernet", {}))
+        check_source(source, space_fingerprint=space_fingerprint, device=device,
+                     calibration=calibration, supernet=supernet, metrics=metrics)
+        sources.append(source)
+    return sources
+
+
+def _with_imported(table, sources: list[Any], metrics: list[str]) -> Any:
+    """`table` (None for a new run) plus the warm-start rows it lacks, in its schema."""
+    import pandas as pd
+
+    from search.evaluations import empty_table, table_dtypes
+    from search.warm_start import imported_rows
+
+    imported = imported_rows(sources, have=table)
+    if imported is None:
+        return table
+    base = empty_table(metrics) if table is None else table
+    imported = table_dtypes(imported.reindex(columns=base.columns))
+    return pd.concat([base, imported], ignore_index=True) if len(base) else imported
+
+
+def _absolute_budget(budget: int | str, resume: Path | None) -> int:
+    """`+N` is N more than the resumed run measured itself (N for a new run)."""
+    if isinstance(budget, int):
+        return budget
+    extra = int(budget[1:])
+    if extra < 1:
+        raise ConfigError(f"budget {budget}: add at least one evaluation")
+    table = None if resume is None else Path(resume) / "evaluations.parquet"
+    if table is None or not table.exists():
+        return extra
+    from search.evaluations import read_table
+    from search.warm_start import own_rows
+
+    return own_rows(read_table(table)[0]) + extra
 
 
 def _check_growth(path: Path, budget: int) -> bool:
@@ -243,7 +389,6 @@ def _device_key(cfg: SearchConfig, columns: list[str]) -> str:
     latency is measured or predicted, so tables and predictors of other devices are refused."""
     import dataclasses
 
-    from nasbench.errors import ConfigError
     from search.latency import LatencySettings
 
     if not set(columns) & {"latency_ms", "latency_ms_pred"}:

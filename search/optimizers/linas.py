@@ -57,14 +57,19 @@ class LINAS(Optimizer):
             return
 
     def _measure_random(self, problem: SearchProblem, rng: np.random.Generator, n: int) -> None:
-        ev = problem.evaluator
+        """`n` unseen random archs (fewer when the budget or 100n draws run out), evaluated as
+        one batch so that concurrent workers share it."""
+        ev, space = problem.evaluator, problem.space
+        n = int(min(n, ev.remaining))
+        picks: dict[str, dict] = {}
         for _ in range(100 * max(n, 0)):
-            if n <= 0 or ev.remaining <= 0:
-                return
-            arch = problem.space.sample(rng)
+            if len(picks) >= n:
+                break
+            arch = space.canonical(space.sample(rng))
             if not ev.has(arch):
-                ev.evaluate([arch], problem.generation)
-                n -= 1
+                picks.setdefault(space.arch_id(arch), arch)
+        if picks:
+            ev.evaluate(list(picks.values()), problem.generation)
 
     def _propose(self, problem: SearchProblem, seed: int) -> list[dict]:
         """Archs ranked best-first by NSGA-II on the predicted objectives and constraints."""
