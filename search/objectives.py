@@ -7,6 +7,7 @@ objective from a context (supernet, loaders, device, predictors), so a config ca
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -88,7 +89,13 @@ def list_objectives() -> list[str]:
 
 
 def objective_kind(name: str) -> ObjectiveKind:
-    return OBJECTIVES.get(name)
+    """The kind of a table column; `latency_ms@DEVICE` is the latency kind under that name
+    (`search.placement`)."""
+    from search.placement import split
+
+    base, placement = split(name)
+    kind = OBJECTIVES.get(base)
+    return kind if placement is None else dataclasses.replace(kind, name=name)
 
 
 class Exact:
@@ -103,7 +110,13 @@ class Exact:
 
 
 def make_objective(name: str, ctx: ObjectiveContext) -> Objective:
+    from search.placement import split
+
     kind = objective_kind(name)
+    base, placement = split(name)
+    if placement is not None:  # measured on its own device, with its own predictor
+        predictors = {base: ctx.predictors[name]} if name in ctx.predictors else {}
+        ctx = dataclasses.replace(ctx, device=placement.device, predictors=predictors)
     fn = kind.factory(ctx)
     return Objective(name, fn, kind.direction, kind.unit, kind.source,
                      batch=fn.batch if isinstance(fn, Exact) else None)

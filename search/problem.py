@@ -24,7 +24,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt,
 }
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_CONSTRAINT = re.compile(rf"^\s*([A-Za-z_]\w*)\s*(<=|>=|<|>)\s*({_NUMBER})\s*$")
+_CONSTRAINT = re.compile(rf"^\s*([A-Za-z_][\w@:.\-]*?)\s*(<=|>=|<|>)\s*({_NUMBER})\s*$")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def parse_constraint(text: str, known: Sequence[str] | None = None) -> Constrain
             f"constraint {text!r} is not of the form 'column <= number' (ops: <=, <, >=, >)"
         )
     column, op, value = m.group(1), m.group(2), float(m.group(3))
-    if known is not None and column not in known:
+    if known is not None and column.partition("@")[0] not in known:
         raise UserError(f"constraint {text!r} names unknown column {column!r}; known: "
                         f"{', '.join(known)}")
     return Constraint(column, op, value)

@@ -31,7 +31,7 @@ def head(tmp_path_factory):
     os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     state = cluster.start_head(
         home, port=cluster.free_port(), dashboard_port=cluster.free_port(), num_cpus=2,
-        object_store_mb=200,
+        object_store_mb=200, resources={"edge": 1},
     )
     try:
         yield state
@@ -335,7 +335,7 @@ def test_a_worker_killed_mid_evaluation_is_retried_and_the_arch_measured_once(he
     with ray_session(head.address), \
             MetricsPool(make_metrics, num_actors=2, max_retries=1, num_cpus=0.5) as pool, \
             EvaluationLog(journal) as log:
-        evaluator = Evaluator(space, [objective], backend=RayBackend(pool), log=log)
+        evaluator = Evaluator(space, [objective], backend=RayBackend([pool]), log=log)
         values = evaluator.evaluate([{"x": i} for i in range(8)])
     assert killed.exists()
     assert values["square"].tolist() == [float(i * i) for i in range(8)]
@@ -343,3 +343,25 @@ def test_a_worker_killed_mid_evaluation_is_retried_and_the_arch_measured_once(he
     assert len(journal.read_text().splitlines()) == 8  # the killed arch is journaled once
     assert sorted(read_log(journal)["arch_id"]) == sorted(evaluator.df["arch_id"])
     assert len(list(builds.iterdir())) == 3  # two actors, one replacement for the killed one
+
+
+def test_a_latency_placed_on_a_node_label_is_measured_there(head, tmp_path):
+    """`latency_ms@node:edge`: its own worker pool on the nodes offering `edge`, its own column
+    and device key; top1 is measured by the other pool."""
+    import nasbench
+    from search.evaluations import read_metadata
+
+    cfg = _search_config(tmp_path, "edge", runner="ray", budget=4,
+                         ray={"address": head.address, "num_workers": 1, "node_workers": 1},
+                         latency={"repeats": 4, "warmup": 1, "threads": 1})
+    cfg["objectives"] = ["top1", "latency_ms@node:edge"]
+    run = nasbench.search(cfg, quiet=True)
+    table = run.evaluations
+    assert len(table) == 4 and (table["latency_ms@node:edge"] > 0).all()
+    assert table["top1"].notna().all()
+    device = read_metadata(run.path / "evaluations.parquet")["device"]
+    assert device.startswith("latency_ms@node:edge=") and "threads=1" in device
+    pools = {tuple(p["metrics"]): p["workers"] for p in run.manifest["ray_workers"]}
+    assert set(pools) == {("top1",), ("latency_ms@node:edge",)}
+    assert [w["resources"].get("edge") for w in pools[("latency_ms@node:edge",)]] == [0.001]
+    assert [w["resources"].get("edge") for w in pools[("top1",)]] == [None]

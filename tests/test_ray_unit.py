@@ -168,12 +168,19 @@ def test_search_workers_the_cluster_cannot_place_are_refused_in_one_line(monkeyp
     import ray
 
     from nasbench.errors import ConfigError
-    from nasbench.runners.search import RaySearchSection, _check_capacity
+    from nasbench.runners.search import SearchConfig, _check_capacity
+
+    def config(**ray_section):
+        return SearchConfig(runner="ray", ray=ray_section)
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "edge": 1.0})
-    _check_capacity(RaySearchSection(num_workers=2))
-    _check_capacity(RaySearchSection(num_workers=2, resources={"edge": 0.5}))
+    _check_capacity(config(num_workers=2))
+    _check_capacity(config(num_workers=2, resources={"edge": 0.5}))
+    _check_capacity(SearchConfig(runner="ray", objectives=["top1", "latency_ms@node:edge"]))
     with pytest.raises(ConfigError, match=r"^ray: 3 workers need 3 CPU; the cluster has 2$"):
-        _check_capacity(RaySearchSection(num_workers=3))
+        _check_capacity(config(num_workers=3))
     with pytest.raises(ConfigError, match=r"^ray: 2 workers need 0.002 gpu_edge; the cluster has 0$"):
-        _check_capacity(RaySearchSection(num_workers=2, resources={"gpu_edge": 0.001}))
+        _check_capacity(config(num_workers=2, resources={"gpu_edge": 0.001}))
+    with pytest.raises(ConfigError, match=r"^objective latency_ms@node:arm: no node of the Ray "
+                                          r"cluster offers resource 'arm'"):
+        _check_capacity(SearchConfig(runner="ray", objectives=["top1", "latency_ms@node:arm"]))

@@ -20,13 +20,17 @@ def up(
     object_store_mb: int | None = typer.Option(
         None, "--object-store-mb", help="Object store size in MiB (default: Ray's choice)."
     ),
+    resource: list[str] = typer.Option(
+        [], "--resource", help="A device label this node offers, NAME=AMOUNT (repeatable): "
+        "search objectives such as latency_ms@node:NAME are measured where it is.",
+    ),
 ) -> None:
     """Start a Ray head on 127.0.0.1; jobs submitted to it find this project's venv."""
-    from nasbench.distributed.cluster import nasbench_home, start_head
+    from nasbench.distributed.cluster import nasbench_home, parse_resources, start_head
 
     state = start_head(
         nasbench_home(), port=port, dashboard_port=dashboard_port, num_cpus=num_cpus,
-        object_store_mb=object_store_mb,
+        object_store_mb=object_store_mb, resources=parse_resources(resource),
     )
     typer.echo(f"Ray head up: address {state.address}, dashboard {state.dashboard_url}")
     typer.echo(f"auth token: {state.token_path} (clients: RAY_AUTH_TOKEN_PATH={state.token_path})")

@@ -105,6 +105,23 @@ def _head_env(token_path: Path) -> dict[str, str]:
     return env
 
 
+def parse_resources(items: list[str]) -> dict[str, float]:
+    """`["edge-arm=1", ...]` -> {"edge-arm": 1.0}; one line naming a malformed item."""
+    from search.placement import check_label
+
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount) if sep else 1.0
+        except ValueError:
+            value = -1.0
+        if not value > 0 or value == float("inf"):
+            raise ClusterError(f"--resource {item!r}: expected NAME=AMOUNT with a positive amount")
+        out[check_label(name.strip(), f"--resource {item!r}")] = value
+    return out
+
+
 def start_head(
     home: Path,
     *,
@@ -112,6 +129,7 @@ def start_head(
     dashboard_port: int = 8265,
     num_cpus: int | None = None,
     object_store_mb: int | None = None,
+    resources: dict[str, float] | None = None,
     timeout: float = 90.0,
 ) -> ClusterState:
     """Start a Ray head on 127.0.0.1 and wait until its dashboard answers with our token."""
@@ -141,6 +159,8 @@ def start_head(
         cmd.append(f"--num-cpus={num_cpus}")
     if object_store_mb is not None:
         cmd.append(f"--object-store-memory={object_store_mb * 1024 * 1024}")
+    if resources:
+        cmd.append(f"--resources={json.dumps(resources)}")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             cmd, env=_head_env(token_path), stdin=subprocess.DEVNULL, stdout=log,

@@ -65,6 +65,13 @@ class _MetricsActor:
     def evaluate(self, arch: dict) -> dict[str, float]:
         return {name: float(fn(arch)) for name, fn in self.metrics.items()}
 
+    def assigned(self) -> dict[str, Any]:
+        """Where this actor runs: its node and the resources Ray gave it."""
+        import ray
+
+        context = ray.get_runtime_context()
+        return {"node": context.get_node_id(), "resources": context.get_assigned_resources()}
+
 
 class MetricsPool:
     """Long-lived evaluation actors; see the module doc. Needs `ray.init()` first."""
@@ -92,6 +99,12 @@ class MetricsPool:
     @property
     def size(self) -> int:
         return len(self._actors)
+
+    def assigned(self) -> list[dict[str, Any]]:
+        """Each actor's node and assigned resources, as Ray reports them."""
+        import ray
+
+        return ray.get([actor.assigned.remote() for actor in self._actors])
 
     def outcomes(self, archs: Sequence[dict]) -> Iterator[EvalOutcome]:
         """Each arch's outcome as soon as it is final (completion order)."""
@@ -162,27 +175,47 @@ def evaluate_on_ray(
 
 
 class RayBackend:
-    """An `Evaluator` backend measuring each batch concurrently on a `MetricsPool`.
+    """An `Evaluator` backend measuring each batch concurrently on `MetricsPool`s.
 
-    Values stream back as they finish (the evaluator journals each at once). An arch that
+    Each pool measures its own metrics (e.g. one pool anywhere, one on the nodes of a device
+    label); an arch's values are yielded once every pool has measured it, so the last pool's
+    results stream back as they finish and the evaluator journals each at once. An arch that
     failed on every attempt stops the search with one line once the rest of its batch is in:
     the finished rows are durable, and a resume retries only what is missing.
     """
 
-    def __init__(self, pool: MetricsPool):
-        self.pool = pool
+    def __init__(self, pools: Sequence[MetricsPool]):
+        if not pools:
+            raise ValueError("RayBackend needs at least one pool")
+        self.pools = list(pools)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Per pool: the metrics it measures and where its workers run (for the manifest)."""
+        return [{"metrics": pool.names, "workers": pool.assigned()} for pool in self.pools]
 
     def measure(self, archs: Sequence[dict]) -> Iterator[tuple[int, dict[str, float]]]:
+        merged: list[dict[str, float]] = [{} for _ in archs]
         failed: list[EvalOutcome] = []
-        for outcome in self.pool.outcomes(archs):
+        todo = list(range(len(archs)))
+        *first, last = self.pools
+        for pool in first:
+            for outcome in pool.outcomes([archs[i] for i in todo]):
+                if outcome.ok:
+                    merged[todo[outcome.index]].update(outcome.values)
+                else:
+                    failed.append(outcome)
+            bad = {todo[o.index] for o in failed}
+            todo = [i for i in todo if i not in bad]
+        for outcome in last.outcomes([archs[i] for i in todo]):
+            index = todo[outcome.index]
             if outcome.ok:
-                yield outcome.index, outcome.values
+                yield index, {**merged[index], **outcome.values}
             else:
                 failed.append(outcome)
         if failed:
-            first = failed[0]
+            first_failure = failed[0]
             raise RunError(f"{len(failed)} evaluation(s) failed on every attempt "
-                           f"({first.attempts} tries); first: {first.error}")
+                           f"({first_failure.attempts} tries); first: {first_failure.error}")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -61,6 +61,8 @@ class RaySearchSection(StrictModel):
     cpus_per_worker: float = Field(default=1.0, gt=0)
     resources: dict[str, float] = Field(default_factory=dict)
     max_retries: int = Field(default=1, ge=0)
+    node_workers: int = Field(default=1, ge=1)
+    """Workers per node label, for metrics placed on nodes (`latency_ms@node:LABEL`)."""
 
 
 class SearchConfig(StrictModel):
@@ -136,6 +138,16 @@ def load_supernet(cfg: SearchConfig, device: str):
 def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
     """Search `config.supernet` for `config.budget` true evaluations; `resume` continues the
     run in that directory without re-measuring what its table already holds."""
+    if config.runner == "local":
+        return _run(config, resume)
+    from nasbench.distributed.train import ray_session
+
+    with ray_session(config.ray.address):  # open first: node-placed metrics ask their nodes
+        _check_capacity(config)
+        return _run(config, resume)
+
+
+def _run(config: SearchConfig, resume: Path | None) -> Run:
     import search
     from nasbench.progress import echo
     from nasbench.runs import start_run
@@ -155,13 +167,15 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
         search.objectives.objective_kind(name)
     constraints = [search.parse_constraint(c, search.list_objectives()) for c in config.constraints]
     optimizer = search.create_optimizer(config.optimizer.name, **config.optimizer.settings)
-    device = _device_key(config, config.objectives + [c.column for c in constraints])
+    keys = _device_keys(config, [*config.objectives, *(c.column for c in constraints),
+                                 *config.predictors])
+    device = _table_device(config, keys)
     seed_everything(config.run.seed)
     net, data, info = load_supernet(config, config.evaluation.device)
     if not info["trained"]:
         echo(f"warning: searching an UNTRAINED {info['family']} supernet (preset "
              f"{info['preset']}): accuracies only exercise the pipeline")
-    predictors = _load_predictors(config, net.space, device)
+    predictors = _load_predictors(config, net.space, keys)
     drawn = FixedSubset.draw(data, bn_batches=config.evaluation.bn_batches,
                              val_batches=config.evaluation.val_batches, seed=config.run.seed)
     metric_names = list(dict.fromkeys(config.objectives + [c.column for c in constraints]))
@@ -195,7 +209,7 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
                 echo(f"evaluated {count}/{config.budget}")
 
         journal = EvaluationLog(log_path(table_path))
-        with journal, _backend(config, subset, device) as backend:
+        with journal, _backend(config, subset, keys, [m.name for m in objectives + extra]) as backend:
             evaluator = search.Evaluator(net.space, objectives, extra=extra, table=table,
                                          device=device, seed=config.run.seed,
                                          budget=max(0, config.budget - done), on_update=persist,
@@ -204,6 +218,8 @@ def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
             if not table_path.exists() or len(evaluator.df) > done:
                 # the metadata (and imported rows) are on disk before the journal's first row
                 write_table(table_path, evaluator.df, evaluator.metadata())
+            if backend is not None:
+                run.update_manifest(ray_workers=backend.describe())
             problem = search.SearchProblem(evaluator, constraints)
             optimizer.run(problem, seed=config.run.seed, workdir=run.path)
 
@@ -242,46 +258,64 @@ def _objectives(config: SearchConfig, constraints, net, data, subset, predictors
 
 
 @contextlib.contextmanager
-def _backend(config: SearchConfig, subset: FixedSubset, device: str) -> Iterator[Any]:
-    """None (evaluate in this process) or a `RayBackend` whose workers each build the supernet
-    and objectives once, from this config and the run's fixed subset, for the whole search."""
+def _backend(config: SearchConfig, subset: FixedSubset, keys: dict[str, str],
+             metrics: list[str]) -> Iterator[Any]:
+    """None (evaluate in this process) or a `RayBackend`: one pool of workers for the metrics
+    measured anywhere, and one per node label for the metrics placed on those nodes. Each
+    worker builds the supernet and its metrics once, from this config and the run's fixed
+    subset, for the whole search."""
     if config.runner == "local":
         yield None
         return
     from functools import partial
 
     from nasbench.distributed.evaluate import MetricsPool, RayBackend
-    from nasbench.distributed.train import ray_session
     from nasbench.progress import echo
+    from search.placement import node_of
 
     section = config.ray
-    make_metrics = partial(worker_metrics, config.model_dump(mode="json"), subset, device)
-    with ray_session(section.address):
-        _check_capacity(section)
-        with MetricsPool(make_metrics, num_actors=section.num_workers,
-                         max_retries=section.max_retries, num_cpus=section.cpus_per_worker,
-                         resources=section.resources) as pool:
-            echo(f"evaluating on Ray with {pool.size} workers")
-            yield RayBackend(pool)
+    groups: dict[str | None, list[str]] = {}
+    for name in metrics:
+        groups.setdefault(node_of(name), []).append(name)
+    with contextlib.ExitStack() as stack:
+        pools = []
+        for node, names in groups.items():
+            make = partial(worker_metrics, config.model_dump(mode="json"), subset, keys, names)
+            resources = section.resources if node is None else {node: NODE_SHARE}
+            pools.append(stack.enter_context(MetricsPool(
+                make, num_actors=section.num_workers if node is None else section.node_workers,
+                max_retries=section.max_retries, num_cpus=section.cpus_per_worker,
+                resources=resources)))
+            echo(f"evaluating {', '.join(names)} on {pools[-1].size} Ray workers"
+                 + ("" if node is None else f" on nodes with {node!r}"))
+        yield RayBackend(pools)
 
 
-def worker_metrics(config: dict, subset: FixedSubset, device: str) -> dict[str, Any]:
-    """What a Ray worker measures with: the search's objectives and constraint metrics, built
-    from the same config, seed and fixed subset as in the driver (so values are identical)."""
+NODE_SHARE = 0.001
+"""How much of a node label's resource each worker takes: any node that has it qualifies."""
+
+
+def worker_metrics(config: dict, subset: FixedSubset, keys: dict[str, str],
+                   names: list[str]) -> dict[str, Any]:
+    """What a Ray worker measures with: the metrics `names` of the search, built from the same
+    config, seed and fixed subset as in the driver (so values are identical)."""
     import search
 
     cfg = SearchConfig.model_validate(config)
     constraints = [search.parse_constraint(c, search.list_objectives()) for c in cfg.constraints]
     net, data, _ = load_supernet(cfg, cfg.evaluation.device)
     objectives, extra = _objectives(cfg, constraints, net, data, subset,
-                                    _load_predictors(cfg, net.space, device))
-    return {m.name: m for m in [*objectives, *extra]}
+                                    _load_predictors(cfg, net.space, keys))
+    return {m.name: m for m in [*objectives, *extra] if m.name in names}
 
 
-def _check_capacity(section: RaySearchSection) -> None:
+def _check_capacity(config: SearchConfig) -> None:
     """Workers that can never be placed would wait forever: refuse them in one line."""
     import ray
 
+    from search.placement import node_of
+
+    section = config.ray
     have = ray.cluster_resources()
     need = {"CPU": section.num_workers * section.cpus_per_worker,
             **{k: section.num_workers * v for k, v in section.resources.items()}}
@@ -289,6 +323,11 @@ def _check_capacity(section: RaySearchSection) -> None:
         if have.get(name, 0.0) < amount:
             raise ConfigError(f"ray: {section.num_workers} workers need {amount:g} {name}; the "
                               f"cluster has {have.get(name, 0.0):g}")
+    for column in [*config.objectives, *config.predictors]:
+        node = node_of(column)
+        if node is not None and have.get(node, 0.0) <= 0:
+            raise ConfigError(f"objective {column}: no node of the Ray cluster offers resource "
+                              f"{node!r} (ray start --resources='{{\"{node}\": 1}}')")
 
 
 def _warm_start_sources(config: SearchConfig, space_fingerprint: str, device: str,
@@ -384,36 +423,80 @@ def _plot_axes(objectives) -> tuple[str, str]:
     return names[0], names[1]
 
 
-def _device_key(cfg: SearchConfig, columns: list[str]) -> str:
-    """The table's `device`: the latency device key (hardware, backend, batch, threads) when
-    latency is measured or predicted, so tables and predictors of other devices are refused."""
+def _device_keys(cfg: SearchConfig, columns: list[str]) -> dict[str, str]:
+    """The latency device key (hardware, backend, batch, threads) of each latency column, read
+    where it is measured: this machine, or a node of the Ray cluster with that label."""
     import dataclasses
 
     from search.latency import LatencySettings
+    from search.placement import PLACEABLE, split
 
-    if not set(columns) & {"latency_ms", "latency_ms_pred"}:
-        return cfg.evaluation.device
     known = [f.name for f in dataclasses.fields(LatencySettings) if f.name != "device"]
     bad = [k for k in cfg.latency if k not in known]
-    if bad:
-        raise ConfigError(f"latency: unknown setting {bad[0]!r}; allowed: {', '.join(known)}")
-    settings = LatencySettings(device=cfg.evaluation.device, **cfg.latency).resolve()
-    return settings.device_info().key
+    keys: dict[str, str] = {}
+    for column in dict.fromkeys(columns):
+        base, placement = split(column)
+        if base not in PLACEABLE:
+            continue
+        if bad:
+            raise ConfigError(f"latency: unknown setting {bad[0]!r}; allowed: {', '.join(known)}")
+        device = cfg.evaluation.device if placement is None else placement.device
+        settings = {**cfg.latency, "device": device}
+        if placement is not None and placement.node is not None:
+            if cfg.runner != "ray":
+                raise ConfigError(f"objective {column} is measured on Ray nodes with resource "
+                                  f"{placement.node!r}: set runner=ray")
+            keys[column] = _node_device_key(placement.node, settings)
+        else:
+            keys[column] = latency_device_key(settings)
+    return keys
 
 
-def _load_predictors(cfg: SearchConfig, space, device: str) -> dict[str, Any]:
+def latency_device_key(settings: dict[str, Any]) -> str:
+    """The device key of `LatencySettings(**settings)` on the machine this runs on."""
+    from search.latency import LatencySettings
+
+    return LatencySettings(**settings).resolve().device_info().key
+
+
+def _node_device_key(node: str, settings: dict[str, Any], timeout: float = 120.0) -> str:
+    import ray
+
+    task = ray.remote(num_cpus=0, resources={node: NODE_SHARE})(latency_device_key)
+    ref = task.remote(settings)
+    ready, _ = ray.wait([ref], timeout=timeout)
+    if not ready:
+        ray.cancel(ref, force=True)
+        raise ConfigError(f"no Ray node with resource {node!r} answered within {timeout:.0f} s")
+    return ray.get(ref)
+
+
+def _table_device(cfg: SearchConfig, keys: dict[str, str]) -> str:
+    """The table's `device`: the evaluation device without latency; the latency device key
+    when every latency column has the same one (unplaced); else `column=key` pairs, so tables
+    and predictors of other devices are refused."""
+    if not keys:
+        return cfg.evaluation.device
+    if all("@" not in c for c in keys) and len(set(keys.values())) == 1:
+        return next(iter(keys.values()))
+    return ";".join(f"{column}={key}" for column, key in sorted(keys.items()))
+
+
+def _load_predictors(cfg: SearchConfig, space, keys: dict[str, str]) -> dict[str, Any]:
     """Fitted predictors for `*_pred` objectives, refitted from their saved tables (no pickle);
-    a latency predictor fitted on another device or space is refused."""
+    a latency predictor fitted on another device (its column's key) or space is refused."""
     from search.latency import LatencyPredictor
+    from search.placement import split
     from search.predictors import AccuracyPredictor
     from search.predictors.base import PredictorError
 
     out = {}
     for name, path in cfg.predictors.items():
-        if name not in ("latency_ms_pred", "top1_pred"):
-            raise PredictorError(f"predictors.{name}: only latency_ms_pred and top1_pred exist")
-        if name == "latency_ms_pred":
-            out[name] = LatencyPredictor.load(path, space, device=device)
+        base, _ = split(name)
+        if base not in ("latency_ms_pred", "top1_pred") or (base == "top1_pred" and base != name):
+            raise PredictorError(f"predictors.{name}: only latency_ms_pred[@DEVICE] and top1_pred exist")
+        if base == "latency_ms_pred":
+            out[name] = LatencyPredictor.load(path, space, device=keys[name])
         else:
             out[name] = AccuracyPredictor.load(path, space)
     return out
