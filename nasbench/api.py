@@ -101,7 +101,9 @@ def measure_latency(config: ConfigInput = None, /, *, quiet: bool = False, **ove
 
 def fit_latency(run: Run | str | os.PathLike, *, quiet: bool = False, **options: Any) -> LatencyFit:
     """Fit a latency predictor on a measure run (options: holdout, regressors, encoding,
-    use_macs, folds, seed); it is saved into the run for `predictors:` of a search."""
+    use_macs, folds, seed, force); it is saved into the run for `predictors:` of a search.
+    An untrustworthy fit (under 20 held-out rows, MAPE over 25%, tau below the MACs proxy's)
+    raises `FitRefused` and saves nothing unless `force=True`."""
     with quieted(quiet):
         return _latency.fit(run, **options)
 

@@ -1,6 +1,6 @@
 """Hardware-aware multi-objective search: objectives, optimizers, Pareto utilities."""
 
-from search import costs, latency, optimizers, predictors
+from search import costs, latency, optimizers, predictors, zero_cost
 from search.costs import count_flops, count_macs, count_params, subnet_costs
 from search.evaluations import Evaluator, read_table, with_pareto, write_table
 from search.latency import (
@@ -63,4 +63,5 @@ __all__ = [
     "subnet_costs",
     "with_pareto",
     "write_table",
+    "zero_cost",
 ]

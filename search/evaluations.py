@@ -306,15 +306,35 @@ class Backend(Protocol):
     def measure(self, archs: Sequence[dict]) -> Iterator[tuple[int, Mapping[str, float]]]: ...
 
 
+def details_of(name: str, metric: Callable, arch: dict) -> dict[str, float]:
+    """What a measurement found besides its value (a latency's `_iqr`, `_retimed`, `_noisy`),
+    under columns named after the metric (`latency_ms@cpu_iqr` for `latency_ms@cpu`)."""
+    get = getattr(getattr(metric, "fn", metric), "details", None)
+    if get is None:
+        return {}
+    base = name.partition("@")[0]
+    return {name + key[len(base):] if key.startswith(base) else f"{name}_{key}": float(value)
+            for key, value in get(arch).items()}
+
+
 class SerialBackend:
-    """Every metric of each arch in turn, in this process."""
+    """Every metric of each arch in turn, in this process. A metric that can time a batch
+    together (`measure_many`: interleaved latency rounds) gets the whole batch first."""
 
     def __init__(self, metrics: Sequence[Objective]):
         self.metrics = list(metrics)
 
     def measure(self, archs: Sequence[dict]) -> Iterator[tuple[int, dict[str, float]]]:
+        for m in self.metrics:
+            batch = getattr(m.fn, "measure_many", None)
+            if batch is not None and len(archs) > 1:
+                batch(archs)
         for index, arch in enumerate(archs):
-            yield index, {m.name: m(arch) for m in self.metrics}
+            values: dict[str, float] = {}
+            for m in self.metrics:
+                values[m.name] = m(arch)
+                values.update(details_of(m.name, m, arch))
+            yield index, values
 
 
 class BudgetExhausted(Exception):
@@ -360,6 +380,7 @@ class Evaluator:
         self.on_update = on_update
         self.log = log
         self.backend = backend or SerialBackend(self.metrics)
+        self._metric_names = {m.name for m in self.metrics}
         self.n_new = 0
         base = table_dtypes(empty_table([m.name for m in self.metrics]) if table is None else table)
         for m in self.metrics:  # floats while searching: NaN marks an unmeasured value
@@ -437,6 +458,7 @@ class Evaluator:
             "arch_id": aid,
             "arch": self.space.canonical_json(arch),
             **{m.name: values[m.name] for m in self.metrics},
+            **{k: v for k, v in values.items() if k not in self._metric_names},
             "source": sources.pop() if len(sources) == 1 else "mixed",
             "device": self.device,
             "seed": self.seed,
@@ -447,6 +469,10 @@ class Evaluator:
     def _append(self, rows: list[dict]) -> None:
         if not rows:
             return
+        for key in rows[0]:  # measurement details (a latency's IQR) become columns too
+            if key not in self._dtypes:
+                self._columns.append(key)
+                self._dtypes[key] = np.dtype("float64")
         for r in rows:
             self._rows[r["arch_id"]] = len(self._records)
             self._records.append(r)

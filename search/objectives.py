@@ -208,6 +208,33 @@ def _params(ctx: ObjectiveContext) -> Callable[[dict], float]:
 
 
 @register_objective(
+    "nonzero_params", direction="min", unit="count", source="measured",
+    help="parameters of the extracted (and, in a joint search, pruned) subnet that are not zero",
+)
+def _nonzero_params(ctx: ObjectiveContext) -> Callable[[dict], float]:
+    net = _need(ctx, "supernet", "nonzero_params")
+    return lambda arch: float(sum(int(p.count_nonzero()) for p in net.extract(arch).parameters()))
+
+
+@register_objective(
+    "sparsity", direction="max", unit="fraction", source="measured",
+    help="the fraction of weights a joint architecture x sparsity search prunes (search.prune)",
+)
+def _sparsity(ctx: ObjectiveContext) -> Callable[[dict], float]:
+    from search.joint import SPARSITY
+
+    net = _need(ctx, "supernet", "sparsity")
+    if SPARSITY not in net.space:
+        raise UserError("objective 'sparsity' needs a joint search: set prune.method and "
+                        "prune.sparsity")
+
+    def batch(archs: Sequence[dict]) -> list[float]:
+        return [float(a[SPARSITY]) for a in archs]
+
+    return Exact(lambda arch: batch([arch])[0], batch)
+
+
+@register_objective(
     "latency_ms", direction="min", unit="ms", source="measured",
     help="median latency of the extracted subnet measured on this machine",
 )
@@ -245,3 +272,41 @@ def _latency_pred(ctx: ObjectiveContext) -> Callable[[dict], float]:
 )
 def _top1_pred(ctx: ObjectiveContext) -> Callable[[dict], float]:
     return _predicted(ctx, "top1_pred")
+
+
+class ZeroCostScore:
+    """A zero-cost proxy of the extracted subnet on the first calibration batch (fixed, so an
+    arch's score does not depend on what was scored before it), cached by arch_id. The subnet
+    keeps the supernet's weights: on an untrained supernet that is the at-init score."""
+
+    def __init__(self, ctx: ObjectiveContext, proxy: str):
+        from search.zero_cost import ArchScorer
+
+        name = f"zc_{proxy}"
+        self.net = _need(ctx, "supernet", name)
+        try:
+            self.scorer = ArchScorer.for_supernet(self.net, _need(ctx, "calib_loader", name),
+                                                  device=ctx.device)
+        except UserError as exc:
+            raise UserError(f"objective {name!r}: {exc}") from None
+        self.proxy = proxy
+        self.cache: dict[str, float] = {}
+
+    def __call__(self, arch: dict) -> float:
+        aid = self.net.space.arch_id(arch)
+        if aid not in self.cache:
+            self.cache[aid] = self.scorer([arch], self.proxy)[0]
+        return self.cache[aid]
+
+
+def _register_zero_cost() -> None:
+    from search.zero_cost import list_proxies
+
+    for proxy in list_proxies():
+        register_objective(
+            f"zc_{proxy}", direction="max", unit="score", source="predicted",
+            help=f"zero-cost proxy {proxy} of the extracted subnet on one calibration batch",
+        )(lambda ctx, proxy=proxy: ZeroCostScore(ctx, proxy))
+
+
+_register_zero_cost()

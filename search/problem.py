@@ -78,8 +78,12 @@ def feasible_mask(df: pd.DataFrame, constraints: Sequence[Constraint]) -> np.nda
 class SearchProblem:
     """What is searched and how it is scored; optimizers own only the search strategy."""
 
-    def __init__(self, evaluator: Evaluator, constraints: Sequence[Constraint] = ()):
+    def __init__(self, evaluator: Evaluator, constraints: Sequence[Constraint] = (), *,
+                 zero_cost: Callable[[Sequence[dict], str], Sequence[float]] | None = None):
         self.evaluator = evaluator
+        self.zero_cost = zero_cost
+        """`(archs, proxy) -> scores` (a `search.zero_cost.ArchScorer`) for a zero-cost warm
+        start; costs no true evaluations."""
         self.space = evaluator.space
         self.constraints = list(constraints)
         metric_names = [m.name for m in evaluator.metrics]

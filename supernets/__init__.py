@@ -8,6 +8,7 @@
 
 from supernets.base import Supernet, prepare_input
 from supernets.bn import recalibrate_bn
+from supernets.ofa_bridge import from_ofa
 from supernets.registry import SUPERNETS, create, list_supernets, register_supernet
 from supernets.space import Arch, Dimension, SearchSpace
 
@@ -18,6 +19,7 @@ __all__ = [
     "SearchSpace",
     "Supernet",
     "create",
+    "from_ofa",
     "list_supernets",
     "prepare_input",
     "recalibrate_bn",

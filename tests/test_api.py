@@ -30,7 +30,7 @@ def pipeline(tmp_path_factory):
     measured = nasbench.measure_latency(
         {"supernet": {"from_run": trained.path}, "latency": {"n": 12, **TINY_LATENCY, "device": "cpu"}},
         quiet=True, run__root=root, run__name="lat")
-    fitted = nasbench.fit_latency(measured, quiet=True, folds=2, regressors="ridge")
+    fitted = nasbench.fit_latency(measured, quiet=True, folds=2, regressors="ridge", force=True)
     searched = nasbench.search({
         "supernet": {"run": trained.path}, "objectives": ["top1", "latency_ms_pred"],
         "optimizer": {"name": "random", "settings": {"batch_size": 3}}, "budget": 6,

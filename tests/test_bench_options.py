@@ -22,6 +22,8 @@ WRONG_TYPE = {
     "pruning": [({"sparsity": "high"}, "valid number"), ({"peer_large": "sure"}, "valid boolean")],
     "ray": [({"epochs": 1.5}, "valid integer"), ({"address": 5}, "valid string")],
     "search": [({"seeds": True}, "valid integer"), ({"budgets": ["x"]}, "valid integer")],
+    "search_ray": [({"budget": "many"}, "valid integer"), ({"address": 5}, "valid string")],
+    "zero_cost": [({"archs": "all"}, "valid integer"), ({"proxies": 3}, "valid list")],
     "supernets": [({"threads": "2"}, "valid integer"), ({"parts": 1}, "valid list")],
 }
 OUT_OF_RANGE = {
@@ -39,6 +41,9 @@ OUT_OF_RANGE = {
                 ({"parts": "speed,size"}, "unknown part 'size'"), ({"quality": "fast"}, "'quick' or 'full'")],
     "ray": [({"threads": 0}, "greater than 0"), ({"batch": -4}, "greater than 0")],
     "search": [({"overhead_seeds": 0}, "greater than 0"), ({"optimizers": "nsga2,cmaes"}, "unknown optimizer")],
+    "search_ray": [({"workers": 0}, "greater than 0"), ({"pop_size": -1}, "greater than 0")],
+    "zero_cost": [({"batch": 1}, "greater than or equal to 2"),
+                  ({"proxies": "snip,zen"}, "unknown zero-cost proxy 'zen'")],
     "supernets": [({"resolution": 0}, "greater than 0"), ({"parts": "speed"}, "unknown part 'speed'")],
 }
 

@@ -1,6 +1,6 @@
 """Every registered benchmark runs end to end in --quick mode and keeps its side-by-side facts.
 
-`optimizers` and `supernets` have their own tests; `ray` needs a cluster (tests/test_ray*)."""
+`optimizers`, `supernets` and `zero_cost` have their own tests; `ray` needs a cluster (tests/test_ray*)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from nasbench.bench.registry import BenchOptions, list_benchmarks, run_benchmark
 
-COVERED_ELSEWHERE = {"optimizers", "supernets", "ray"}
+COVERED_ELSEWHERE = {"optimizers", "supernets", "ray", "zero_cost", "search_ray"}
 
 
 def _cuda_ext(fig):
@@ -30,6 +30,10 @@ def _pruning(fig):
 
 def _latency(fig):
     assert fig["n_test"] >= 10 and -1 <= fig["learned"]["test"]["kendall_tau"] <= 1
+    robust = fig["robust"]
+    assert robust["busy_alive_throughout"] and robust["n_archs"] == 6
+    for name in ("old_defaults", "new_defaults"):
+        assert -1 <= robust[name]["retest_tau"] <= 1
 
 
 def _mos(fig):

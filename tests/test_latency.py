@@ -118,7 +118,7 @@ def test_latency_table_has_the_documented_columns():
     net = TinyElastic()
     df = measure_latency_table(net, n=4, seed=0, settings=LatencySettings(**FAST), pool_factor=2)
     assert list(df.columns) == COLUMNS and len(df) == 4
-    assert (df["latency_ms"] > 0).all() and (df["latency_iqr_ms"] >= 0).all()
+    assert (df["latency_ms"] > 0).all() and (df["latency_ms_iqr"] >= 0).all()
     assert (df["macs"] > 0).all() and (df["params"] > 0).all()
     assert df["device"].nunique() == 1 and (df["threads"] == 1).all() and (df["batch"] == 1).all()
     for text, aid in zip(df["arch"], df["arch_id"], strict=True):

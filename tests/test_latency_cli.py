@@ -25,6 +25,10 @@ def test_measure_fit_evaluate_round_trip(cli, tmp_path):
     assert manifest["space_fingerprint"] and manifest["device"]["threads"] == 1
 
     res = cli("latency", "fit", str(run), "--regressors", "ridge", "--folds", "2", "--holdout", "0.25")
+    assert res.code == 2 and "held-out metrics come from 2 rows" in res.err  # 8 rows: refused
+    assert not (run / "latency_predictor.json").exists()
+    res = cli("latency", "fit", str(run), "--regressors", "ridge", "--folds", "2", "--holdout", "0.25",
+              "--force")
     assert res.code == 0, res.err
     assert "Kendall tau" in res.out and "MACs proxy tau" in res.out
     saved = json.loads((run / "latency_predictor.json").read_text())
@@ -67,9 +71,10 @@ def test_measure_rebuilds_the_supernet_of_a_train_run(tmp_path):
         _build_supernet(SupernetSection(from_run=run))
 
 
-def synthetic_latency_run(root, name: str, n: int, noise: float):
+def synthetic_latency_run(root, name: str, n: int, noise: float, d0_extra: float = 0.5):
     """A latency run whose table is latency = f(arch) (+ multiplicative noise), as `measure`
-    writes it: a quick stand-in for timing real subnets."""
+    writes it: a quick stand-in for timing real subnets. MACs count every dimension alike;
+    `d0_extra` makes d0 cost more latency than its MACs say (0: MACs rank perfectly)."""
     import numpy as np
 
     from nasbench.runs import start_run
@@ -80,10 +85,10 @@ def synthetic_latency_run(root, name: str, n: int, noise: float):
     archs = {space.arch_id(a): a for a in (space.sample(rng) for _ in range(4 * n))}
     rows = []
     for aid, arch in list(archs.items())[:n]:
-        base = 0.2 * sum(arch.values())
+        base = 0.2 * sum(arch.values()) + d0_extra * arch["d0"]
         rows.append({"arch_id": aid, "arch": space.canonical_json(arch),
                      "latency_ms": base * float(np.exp(noise * rng.standard_normal())),
-                     "latency_iqr_ms": 0.01, "macs": 1000 * sum(arch.values()), "params": 10,
+                     "latency_ms_iqr": 0.01, "macs": 1000 * sum(arch.values()), "params": 10,
                      "device": "cpu:test", "backend": "torch", "batch": 1, "threads": 1})
     with start_run("latency", {}, 0, root=root, name=name) as run:
         run.update_manifest(space=space.to_dict(), space_fingerprint=space.fingerprint())
@@ -91,18 +96,52 @@ def synthetic_latency_run(root, name: str, n: int, noise: float):
     return run.path
 
 
-@pytest.mark.parametrize(("n", "noise", "expected"), [
-    (60, 0.0, []),
-    (16, 0.0, ["held-out metrics come from 4 rows"]),
-    (60, 3.0, ["cross-validated MAPE is"]),
-])
-def test_fit_warns_when_its_numbers_cannot_be_trusted(tmp_path, capsys, n, noise, expected):
+UNTRUSTED = [  # (n, noise, d0_extra) -> the one reason the fit is not trusted
+    pytest.param(40, 0.0, 0.5, "held-out metrics come from 10 rows (fewer than 20)", id="few-rows"),
+    pytest.param(100, 3.0, 0.5, "MAPE is", id="mape"),
+    pytest.param(100, 0.0, 0.0, "held-out Kendall tau 0.954 is below the MACs proxy's 1.000",
+                 id="tau-below-macs"),
+]
+
+
+def test_a_trustworthy_fit_is_saved_without_warnings(tmp_path):
     import nasbench
 
-    fitted = nasbench.fit_latency(synthetic_latency_run(tmp_path, "lat", n, noise),
+    fitted = nasbench.fit_latency(synthetic_latency_run(tmp_path, "lat", 100, 0.0),
                                   regressors="ridge", folds=2)
-    assert [w[: len(e)] for w, e in zip(fitted.warnings, expected, strict=False)] == expected
-    assert len(fitted.warnings) == len(expected)
+    assert fitted.warnings == [] and not fitted.forced and fitted.predictor.exists()
+    assert fitted.holdout["n"] == 25
+    assert fitted.holdout["kendall_tau"] > fitted.holdout["macs_kendall_tau"]
+
+
+@pytest.mark.parametrize(("n", "noise", "d0_extra", "reason"), UNTRUSTED)
+def test_an_untrusted_fit_is_refused_without_force(tmp_path, cli, n, noise, d0_extra, reason):
+    import nasbench
+    from nasbench.runners.latency import FitRefused
+
+    run = synthetic_latency_run(tmp_path, "lat", n, noise, d0_extra)
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(FitRefused, match="pass --force") as refused:
+        nasbench.fit_latency(run, regressors="ridge", folds=2, quiet=True)
+    message = str(refused.value)
+    head, tail = "latency predictor not saved: ", "; pass --force (force=True) to save it anyway"
+    assert message.startswith(head) and message.endswith(tail)
+    reasons = message[len(head):-len(tail)].split("; ")
+    assert len(reasons) == 1 and reasons[0].startswith(reason)
+    res = cli("latency", "fit", str(run), "--regressors", "ridge", "--folds", "2")
+    assert res.code == 2 and reason in res.err and len(res.err.strip().splitlines()) == 1
+    assert f"warning: {reason}" in res.out  # the CLI shows the warning itself, too
+    assert sorted(p.name for p in run.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize(("n", "noise", "d0_extra", "reason"), UNTRUSTED)
+def test_force_saves_an_untrusted_fit_with_its_warnings(tmp_path, capsys, n, noise, d0_extra, reason):
+    import nasbench
+
+    fitted = nasbench.fit_latency(synthetic_latency_run(tmp_path, "lat", n, noise, d0_extra),
+                                  regressors="ridge", folds=2, force=True)
+    assert len(fitted.warnings) == 1 and fitted.warnings[0].startswith(reason)
+    assert fitted.forced and fitted.predictor.exists()
     saved = json.loads((fitted.run.path / "latency_fit.json").read_text())
-    assert saved["warnings"] == fitted.warnings
-    assert all(f"warning: {w}" in capsys.readouterr().out for w in fitted.warnings[:1])
+    assert saved["warnings"] == fitted.warnings and saved["forced"] is True
+    assert f"warning: {fitted.warnings[0]}" in capsys.readouterr().out

@@ -36,6 +36,9 @@ def test_one_search_carries_two_latency_columns_each_with_its_device_key(tmp_pat
     table = run.evaluations
     assert {"latency_ms", "latency_ms@cpu"} <= set(table.columns)
     assert table["latency_ms@cpu"].notna().all() and table["latency_ms"].notna().all()
+    for column in ("latency_ms", "latency_ms@cpu"):  # each timing's spread and re-timing kept
+        assert (table[f"{column}_iqr"] >= 0).all() and (table[f"{column}_iqr"] < table[column]).all()
+        assert set(table[f"{column}_noisy"]) <= {0.0, 1.0} and table[f"{column}_retimed"].notna().all()
     device = read_metadata(run.path / "evaluations.parquet")["device"]
     parts = dict(p.split("=", 1) for p in device.split(";"))
     assert sorted(parts) == ["latency_ms", "latency_ms@cpu"]

@@ -365,3 +365,13 @@ def test_a_latency_placed_on_a_node_label_is_measured_there(head, tmp_path):
     assert set(pools) == {("top1",), ("latency_ms@node:edge",)}
     assert [w["resources"].get("edge") for w in pools[("latency_ms@node:edge",)]] == [0.001]
     assert [w["resources"].get("edge") for w in pools[("top1",)]] == [None]
+
+
+def test_bench_search_ray_quick_finds_the_same_table_on_every_worker_count(head, tmp_path):
+    from nasbench.bench.registry import BenchOptions, run_benchmark
+
+    report, _ = run_benchmark("search_ray", BenchOptions(quick=True, out_dir=tmp_path,
+                                                         params={"address": head.address}))
+    figures = report["figures"]
+    assert all(figures["tables_identical"].values())
+    assert figures["ray_1_worker"]["evaluations"] == figures["ray_2_workers"]["evaluations"] == 8

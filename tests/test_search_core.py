@@ -240,3 +240,31 @@ def test_many_objective_optimizers_on_three_objectives(name: str) -> None:
     search.create_optimizer(name, pop_size=12).run(SearchProblem(ev), seed=0)
     assert len(ev.df) == 24 and ev.df["arch_id"].is_unique
     assert ev.pareto()["is_pareto"].all()
+
+
+def test_a_batch_is_timed_together_and_each_rows_latency_details_are_kept(monkeypatch):
+    """The serial backend hands a latency metric the whole batch (interleaved rounds), then
+    stores each arch's IQR, re-timing count and noisy flag next to its median."""
+    from search.evaluations import Evaluator
+    from search.objectives import Objective
+    from supernets.space import SearchSpace
+
+    space = SearchSpace({"x": [1, 2, 3, 4]})
+    batches = []
+
+    class Timed:
+        def measure_many(self, archs):
+            batches.append([a["x"] for a in archs])
+
+        def __call__(self, arch):
+            return float(arch["x"])
+
+        def details(self, arch):
+            return {"latency_ms_iqr": arch["x"] / 10, "latency_ms_retimed": 0, "latency_ms_noisy": False}
+
+    ev = Evaluator(space, [Objective("latency_ms@cpu", Timed(), "min")])
+    ev.evaluate([{"x": 1}, {"x": 3}])
+    assert batches == [[1, 3]]
+    df = ev.df
+    assert df["latency_ms@cpu_iqr"].tolist() == [0.1, 0.3]
+    assert df["latency_ms@cpu_noisy"].tolist() == [0.0, 0.0]

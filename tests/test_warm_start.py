@@ -50,3 +50,13 @@ def test_warm_start_from_a_run_that_measured_other_values_is_refused_before_any_
     assert result.code == 2
     assert result.err.strip() == f"nasbench: error: search.warm_start: {only_params.path} did not measure top1"
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_zero_cost_warm_start_runs_through_the_runner(tmp_path):
+    """The runner hands the optimizer a proxy scorer: the pool's proxy top is measured first."""
+    cfg = tiny_search(tmp_path, "zc", ["params", "zc_synflow"])
+    cfg["optimizer"] = {"name": "random", "settings": {
+        "batch_size": 2, "zc_warm_start": {"proxy": "synflow", "pool": 12, "top": 3}}}
+    table = nasbench.search(cfg, budget=5, quiet=True).evaluations
+    first = table["zc_synflow"].iloc[:3].tolist()
+    assert first == sorted(first, reverse=True)  # measured best-first by the proxy

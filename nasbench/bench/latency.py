@@ -9,6 +9,10 @@ Goal (issue 6): tau >= 0.9 and MAPE <= 10% on >= 50 held-out subnets from <= 150
 `retest_*` re-measures the held-out archs: the ceiling any predictor can reach. The `tiny`
 preset (`--set preset=tiny`, 0.04-0.18 ms) sits at that ceiling: its retest tau is ~0.7 on a
 quiet machine, because timer and dispatch noise rival the differences between subnets.
+
+Parts (`--set parts=predictor,robust`): `predictor` is the above; `robust` re-times
+`robust_n` random subnets with old and new timing defaults under `robust_busy` competing busy
+loops (see `_latency_robust`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, NonNegativeInt, PositiveInt, TypeAdapter, ValidationError
 
 from nasbench.bench.registry import BenchOptions, BenchSettings, Flag, benchmark, names_of, one_of
+
+PARTS = ("predictor", "robust")
 
 _FLAG = TypeAdapter(Flag)
 
@@ -46,6 +52,7 @@ def _regressor_names() -> list[str]:
 
 
 class LatencyBenchSettings(BenchSettings):
+    parts: names_of(PARTS, "part") = list(PARTS)
     family: one_of(_supernet_families, "supernet family") = "mbv3"
     preset: str = "default"  # checked by the family when the supernet is built
     n_train: Annotated[int, Field(ge=2)] = 150  # a predictor needs 2 measured archs to fit
@@ -62,33 +69,54 @@ class LatencyBenchSettings(BenchSettings):
     regressors: names_of(_regressor_names, "regressor") = ["ridge", "svr", "gbr", "mlp"]
     lut: Annotated[Literal["auto"] | bool, BeforeValidator(_auto_or_flag)] = "auto"  # auto: torch only
     retest: Flag = True
+    robust_n: Annotated[int, Field(ge=2)] = 50  # robust part: subnets re-timed
+    robust_busy: NonNegativeInt = 1  # robust part: competing busy processes
+    robust_repeats: PositiveInt = 20  # robust part: timed calls per subnet
+    robust_warmup: NonNegativeInt = 5  # robust part: warmup calls
+    robust_resolution: PositiveInt | None = 128  # robust part: every subnet at this input size
+    robust_cpu_clock: Flag = True  # robust part: also time the new defaults with clock=cpu
 
     quick_defaults = {"preset": "tiny", "n_train": 24, "n_test": 12, "n_uniform": 8,
-                      "regressors": ["ridge", "svr"], "lut": False, "retest": False}
+                      "regressors": ["ridge", "svr"], "lut": False, "retest": False,
+                      "robust_n": 6, "robust_repeats": 10, "robust_warmup": 2,
+                      "robust_resolution": None}
 
 
 @benchmark("latency", help="latency predictor (learned + LUT) vs MACs proxy on this CPU",
            options=LatencyBenchSettings)
 def run(opts: BenchOptions) -> dict[str, Any]:
-    import numpy as np
-
     import supernets
-    from search.costs import count_macs, subnet_input_shape
-    from search.latency import (
-        LatencyLUT,
-        LatencyPredictor,
-        LatencySettings,
-        measure_archs,
-        stratified_sample,
-    )
-    from search.predictors import kendall_tau, regression_metrics
+    from search.latency import LatencySettings
 
     p = LatencyBenchSettings.of(opts)
-    settings = LatencySettings(
-        backend=p.backend, device=opts.device if opts.device != "cpu" else "cpu",
-        batch=p.batch, threads=p.threads, warmup=p.warmup, repeats=p.repeats, clock=p.clock,
-    ).resolve()
     net = supernets.create(p.family, preset=p.preset).eval()
+    device = opts.device if opts.device != "cpu" else "cpu"
+    figures: dict[str, Any] = {}
+    if "predictor" in p.parts:
+        settings = LatencySettings(backend=p.backend, device=device, batch=p.batch,
+                                   threads=p.threads, warmup=p.warmup, repeats=p.repeats,
+                                   clock=p.clock, rounds=p.rounds).resolve()
+        figures.update(_predictor(opts, p, net, settings))
+    if "robust" in p.parts:
+        from nasbench.bench._latency_robust import robust_timing
+
+        base = LatencySettings(backend=p.backend, device=device, batch=p.batch, threads=p.threads,
+                               warmup=p.robust_warmup, repeats=p.robust_repeats,
+                               clock=p.clock).resolve()
+        figures["robust"] = robust_timing(
+            net, base, n=p.robust_n, busy=p.robust_busy, seed=opts.seed,
+            resolution=p.robust_resolution, cpu_clock=p.robust_cpu_clock and base.threads == 1)
+    return figures
+
+
+def _predictor(opts: BenchOptions, p: LatencyBenchSettings, net, settings) -> dict[str, Any]:
+    """Learned and LUT predictors against the MACs proxy (the `predictor` part)."""
+    import numpy as np
+
+    from search.costs import count_macs, subnet_input_shape
+    from search.latency import LatencyLUT, LatencyPredictor, measure_archs, stratified_sample
+    from search.predictors import kendall_tau, regression_metrics
+
     space = net.space
     n_train, n_test, n_uniform = p.n_train, p.n_test, p.n_uniform
 
@@ -106,8 +134,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         if space.arch_id(arch) not in known:
             known.add(space.arch_id(arch))
             uniform.append(arch)
-    rounds = p.rounds
-    table = measure_archs(net, stratified + uniform, settings, rounds=rounds, seed=opts.seed)
+    table = measure_archs(net, stratified + uniform, settings, seed=opts.seed)
     _keep_table(table, opts)
     measure_s = time.perf_counter() - t0
     order = np.random.default_rng(opts.seed).permutation(n_train + n_test)
@@ -120,7 +147,9 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         "n_measured": len(table), "n_train": len(train), "n_test": len(test),
         "n_uniform_test": len(uni), "measure_s": round(measure_s, 1),
         "latency_ms_range": [float(table["latency_ms"].min()), float(table["latency_ms"].max())],
-        "median_rel_iqr": float((table["latency_iqr_ms"] / table["latency_ms"]).median()),
+        "median_rel_iqr": float((table["latency_ms_iqr"] / table["latency_ms"]).median()),
+        "retimed_share": float((table["latency_ms_retimed"] > 0).mean()),
+        "noisy_share": float(table["latency_ms_noisy"].mean()),
         "macs_tau_test": kendall_tau(test["latency_ms"], test["macs"]),
         "macs_tau_uniform": kendall_tau(uni["latency_ms"], uni["macs"]) if len(uni) > 1 else None,
     }
@@ -128,7 +157,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
         # Time the held-out archs again: how well do two measurements of them agree?
         held = table.iloc[order[n_train:]].index.tolist() + list(range(n_train + n_test, len(table)))
         again = measure_archs(net, [space.parse(t) for t in table.loc[held, "arch"]], settings,
-                              rounds=rounds, seed=opts.seed + 7)
+                              seed=opts.seed + 7)
         figures["retest_tau_heldout"] = kendall_tau(table.loc[held, "latency_ms"], again["latency_ms"])
         figures["retest_mape_heldout"] = regression_metrics(
             table.loc[held, "latency_ms"], again["latency_ms"])["mape"]

@@ -55,7 +55,7 @@ def _hparams(epochs: int, steps: int):
     from supernets.train import TrainHParams
 
     return TrainHParams(epochs=epochs, lr=0.05, warmup_epochs=0, max_steps_per_epoch=steps,
-                        amp=False, val_max_batches=1, bn_recal_batches=1)
+                        precision="fp32", val_max_batches=1, bn_recal_batches=1)
 
 
 def _summary(history: list[dict[str, Any]], steps: int, workers: int) -> dict[str, float]:

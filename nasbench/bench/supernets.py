@@ -113,7 +113,7 @@ def _step_context(net, device):
     from supernets.training.loop import StepContext
     from supernets.training.optim import build_optimizer, build_scheduler
 
-    cfg = TrainHParams(epochs=2, lr=0.01, warmup_epochs=0, num_random=2, grad_clip=1.0, amp=True)
+    cfg = TrainHParams(epochs=2, lr=0.01, warmup_epochs=0, num_random=2, grad_clip=1.0)
     optimizer = build_optimizer(net, cfg)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch=1000)
     use_amp = device.type == "cuda"

@@ -42,15 +42,18 @@ def fit(
     use_macs: bool = typer.Option(False, "--use-macs", help="Add log(MACs) to the encoding."),
     folds: int = typer.Option(5, min=2, help="K of K-fold cross-validation."),
     seed: int = typer.Option(0, help="Seed of the split and the regressors."),
+    force: bool = typer.Option(False, "--force", help="Save the predictor even when its held-out "
+                               "set is under 20 rows, its MAPE over 25% or its tau below MACs'."),
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Fit a latency predictor; print held-out metrics; save it into the run."""
+    """Fit a latency predictor; print held-out metrics; save it into the run (refused, exit 2,
+    when its numbers cannot be trusted, unless --force)."""
     from nasbench.progress import set_quiet
     from nasbench.runners import latency
 
     set_quiet(quiet)
     latency.fit(run_dir, holdout=holdout, regressors=regressors, encoding=encoding,
-                use_macs=use_macs, folds=folds, seed=seed)
+                use_macs=use_macs, folds=folds, seed=seed, force=force)
 
 
 @app.command("evaluate")

@@ -63,7 +63,13 @@ class _MetricsActor:
         return list(self.metrics)
 
     def evaluate(self, arch: dict) -> dict[str, float]:
-        return {name: float(fn(arch)) for name, fn in self.metrics.items()}
+        from search.evaluations import details_of
+
+        values = {}
+        for name, fn in self.metrics.items():
+            values[name] = float(fn(arch))
+            values.update(details_of(name, fn, arch))
+        return values
 
     def assigned(self) -> dict[str, Any]:
         """Where this actor runs: its node and the resources Ray gave it."""

@@ -70,6 +70,7 @@ def train_on_ray(
     address: str | None = None,
     after_epoch: EpochHook | None = None,
     initial_weights: Path | None = None,
+    teacher: Any = None,
 ) -> RayTrainOutcome:
     """Train the supernet `supernets.create(**build_config)` with Ray Train; see module doc.
 
@@ -79,7 +80,8 @@ def train_on_ray(
     `after_epoch(epoch, world_rank, resumed)` runs in every worker after each report
     (monitoring, fault injection in tests). `initial_weights` (a safetensors file on storage
     every worker reads, e.g. the run dir) starts training from imported weights instead of a
-    fresh init; a restored checkpoint still wins.
+    fresh init; a restored checkpoint still wins. `teacher` (a frozen `nn.Module`, see
+    `train_supernet`) is shipped to every worker with the loop config.
     """
     from ray.train import (
         CheckpointConfig,
@@ -98,6 +100,7 @@ def train_on_ray(
             "build_config": build_config, "data": data, "hparams": hparams.to_dict(),
             "seed": seed, "after_epoch": after_epoch,
             "initial_weights": None if initial_weights is None else str(initial_weights),
+            "teacher": teacher,
         },
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -318,6 +321,7 @@ def _train_worker(config: dict[str, Any]) -> None:
             ),
             # A fixed, unshuffled slice of the training set: same BN statistics every epoch.
             recal_loader=bundle.loader(bundle.train_dataset, shuffle=False),
+            teacher=config.get("teacher"),
         )
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)

@@ -1,11 +1,13 @@
 """The latency runners: measure a latency table on this machine, fit and score predictors.
 
-`measure` samples subnets stratified by MACs, times each extracted subnet and writes a run with
-`latency.parquet` and the device facts in its manifest. `fit` fits a latency predictor
-(regressor chosen by K-fold CV) on part of the table, reports held-out RMSE, MAPE, ±10%
-accuracy and Kendall tau next to the MACs proxy's tau, and saves the predictor (refitted on
-every row) as `latency_predictor.{json,parquet}`. `evaluate` scores a saved predictor on
-another latency table.
+`measure` samples subnets stratified by MACs, times the extracted subnets in interleaved rounds
+(noisy ones re-timed) and writes a run with `latency.parquet` (median and IQR per subnet), the
+device facts and the machine state (load average, CPU clock) in its manifest and the table's
+metadata. `fit` fits a latency predictor (regressor chosen by K-fold CV) on part of the table,
+reports held-out RMSE, MAPE, ±10% accuracy and Kendall tau next to the MACs proxy's tau, and
+saves the predictor (refitted on every row) as `latency_predictor.{json,parquet}` — unless its
+numbers cannot be trusted (`fit_warnings`), then only with `force`. `evaluate` scores a saved
+predictor on another latency table.
 """
 
 from __future__ import annotations
@@ -50,7 +52,12 @@ class MeasureSection(StrictModel):
     compile: bool = False
     clock: Literal["wall", "cpu"] = "wall"
     extract: bool = True
-    rounds: int = Field(default=1, ge=1)
+    rounds: int = Field(default=5, ge=1)
+    """Interleaved rounds: `repeats` split over this many visits per subnet, shuffled order."""
+    max_rel_iqr: float = Field(default=0.1, gt=0)
+    """A subnet whose IQR/median is above this is re-timed ..."""
+    max_retimes: int = Field(default=2, ge=0)
+    """... at most this many times; the table's `latency_ms_noisy` says if it stayed noisy."""
     resolution: int | None = Field(default=None, ge=4)
     pool_factor: int = Field(default=3, ge=1)
     bins: int = Field(default=10, ge=1)
@@ -89,6 +96,7 @@ def _input_shape(net, cfg: MeasureSection) -> tuple[int, ...] | None:
 
 def measure(cfg: LatencyMeasureConfig) -> Run:
     """Sample `cfg.latency.n` subnets stratified by MACs, time each, store the table."""
+    import json
     from dataclasses import asdict
 
     from nasbench.progress import echo
@@ -100,7 +108,8 @@ def measure(cfg: LatencyMeasureConfig) -> Run:
     m = cfg.latency
     settings = LatencySettings(
         backend=m.backend, device=m.device, batch=m.batch, threads=m.threads, warmup=m.warmup,
-        repeats=m.repeats, compile=m.compile, clock=m.clock,
+        repeats=m.repeats, compile=m.compile, clock=m.clock, rounds=m.rounds,
+        max_rel_iqr=m.max_rel_iqr, max_retimes=m.max_retimes,
     ).resolve()
     seed_everything(cfg.run.seed)
     net = _build_supernet(cfg.supernet).eval()
@@ -120,15 +129,27 @@ def measure(cfg: LatencyMeasureConfig) -> Run:
         archs = stratified_sample(net.space, macs_of, m.n, cfg.run.seed,
                                   pool_factor=m.pool_factor, bins=m.bins)
         table = measure_archs(net, archs, settings, extract=m.extract, input_shape=shape,
-                              rounds=m.rounds, seed=cfg.run.seed, on_progress=_progress_lines())
+                              seed=cfg.run.seed, on_progress=_progress_lines())
+        state = table.attrs["machine_state"]
         run.write_table("latency", table, metadata={
             "device": info.key, "space_fingerprint": net.space.fingerprint(),
+            "machine_state": json.dumps(state),
         })
-        run.update_manifest(latency_rows=len(table))
+        noisy = int(table["latency_ms_noisy"].sum())
+        run.update_manifest(latency_rows=len(table), machine_state=state, latency_noisy_rows=noisy)
         echo(f"{len(table)} subnets: latency {table['latency_ms'].min():.3f}-"
              f"{table['latency_ms'].max():.3f} ms (median), MACs {int(table['macs'].min()):,}-"
              f"{int(table['macs'].max()):,} -> {run.path / 'latency.parquet'}")
+        echo(f"median IQR/median {(table['latency_ms_iqr'] / table['latency_ms']).median():.3f}; "
+             f"{int((table['latency_ms_retimed'] > 0).sum())} re-timed, {noisy} still noisy "
+             f"(IQR/median > {m.max_rel_iqr}); load average {_load(state)}")
         return run
+
+
+def _load(state: dict) -> str:
+    """The 1-minute load average at the start and end of a measurement, for one line of output."""
+    values = [state[k].get("loadavg_1m") for k in ("start", "end")]
+    return "unknown" if None in values else f"{values[0]:.2f} -> {values[1]:.2f}"
 
 
 def _progress_lines():
@@ -153,22 +174,34 @@ def _latency_run(path: Run | str | os.PathLike):
     return run, table, SearchSpace(run.manifest["space"])
 
 
-MIN_HOLDOUT_ROWS = 10
-"""Below this many held-out rows a Kendall tau or MAPE says nothing (2 rows give tau = +-1)."""
-MAX_CV_MAPE = 25.0
-"""A predictor whose cross-validated MAPE is above this (percent) is saved with a warning."""
+MIN_HOLDOUT_ROWS = 20
+"""Below this many held-out rows a Kendall tau or MAPE says little (2 rows give tau = +-1)."""
+MAX_MAPE = 25.0
+"""A predictor whose held-out or cross-validated MAPE is above this (percent) is not trusted."""
 
 
-def fit_warnings(n_test: int, cv_mape: float) -> list[str]:
-    """What a user must know before trusting a fitted predictor."""
+class FitRefused(UserError):
+    """`latency fit` found its predictor untrustworthy and saved nothing (pass force to save)."""
+
+
+def fit_warnings(n_test: int, cv_mape: float, holdout: dict[str, float]) -> list[str]:
+    """What a user must know before trusting a fitted predictor: too few held-out rows, a MAPE
+    over `MAX_MAPE` (held out or cross-validated), or a ranking worse than MACs alone gives on
+    the same held-out rows (then the predictor adds nothing but noise). Each is `reason: advice`,
+    the reason free of colons and semicolons (the refusal joins the reasons into one line)."""
     out = []
     if n_test < MIN_HOLDOUT_ROWS:
         out.append(f"held-out metrics come from {n_test} rows (fewer than {MIN_HOLDOUT_ROWS}) and "
                    "say little: measure more subnets or raise --holdout")
-    if cv_mape > MAX_CV_MAPE:
-        out.append(f"cross-validated MAPE is {cv_mape:.0f}% (over {MAX_CV_MAPE:.0f}%): the "
-                   "timings are too noisy or too few for this predictor; re-measure on a quiet "
-                   "machine (more repeats/rounds) before searching with it")
+    mape = max(cv_mape, float(holdout["mape"]))
+    if mape > MAX_MAPE:
+        out.append(f"MAPE is {mape:.0f}% (held-out {holdout['mape']:.0f}%, cross-validated "
+                   f"{cv_mape:.0f}%, over {MAX_MAPE:.0f}%): the timings are too noisy or too few "
+                   "for this predictor; re-measure on a quiet machine (more repeats/rounds)")
+    tau, macs_tau = holdout["kendall_tau"], holdout.get("macs_kendall_tau")
+    if macs_tau is not None and tau < macs_tau:
+        out.append(f"held-out Kendall tau {tau:.3f} is below the MACs proxy's {macs_tau:.3f} on "
+                   "the same rows: ranking by MACs would be better; try --use-macs or more subnets")
     return out
 
 
@@ -193,6 +226,7 @@ class LatencyFit:
     n_train: int
     candidates: list[dict[str, Any]] = field(repr=False)
     warnings: list[str] = field(default_factory=list)
+    forced: bool = False
 
 
 def fit(
@@ -204,8 +238,13 @@ def fit(
     use_macs: bool = False,
     folds: int = 5,
     seed: int = 0,
+    force: bool = False,
 ) -> LatencyFit:
-    """Fit a latency predictor on a measure run's table; print held-out metrics; save it."""
+    """Fit a latency predictor on a measure run's table; print held-out metrics; save it.
+
+    When `fit_warnings` finds a reason not to trust it, nothing is written and `FitRefused`
+    says why, unless `force`: then it is saved with the warnings recorded.
+    """
     import numpy as np
 
     from nasbench.progress import echo
@@ -230,22 +269,26 @@ def fit(
     sel = predictor.selection
     echo(f"chosen by {folds}-fold CV: {sel.name} {sel.params} (CV MAPE {-100 * sel.cv_score:.2f}%)")
     echo(f"held-out {format_metrics(metrics)}")
-    warnings = fit_warnings(len(test), -100 * sel.cv_score)
+    warnings = fit_warnings(len(test), -100 * sel.cv_score, metrics)
     for warning in warnings:
         echo(f"warning: {warning}")
+    if warnings and not force:
+        reasons = "; ".join(w.split(": ", 1)[0] for w in warnings)
+        raise FitRefused(f"latency predictor not saved: {reasons}; pass --force (force=True) "
+                         "to save it anyway")
     scores = sel.scores.to_dict("records")
     with RunLock(opened.path):  # one writer per run: a measurement may still be appending
         path = predictor.refit(table).save(opened.path / PREDICTOR)
         report = {"selection": {"name": sel.name, "params": sel.params, "cv_score": sel.cv_score,
                                 "candidates": scores},
                   "holdout": metrics, "n_train": len(train), "predictor": path.name,
-                  "warnings": warnings}
+                  "warnings": warnings, "forced": bool(warnings)}
         opened.write_json("latency_fit.json", report)
         opened.update_manifest(latency_fit={"model": sel.name, **metrics})
     echo(f"predictor (refitted on all {len(table)} rows) -> {path}")
     return LatencyFit(run=opened, predictor=path, model=sel.name, params=dict(sel.params),
                       cv_mape=-100 * sel.cv_score, holdout=dict(metrics), n_train=len(train),
-                      candidates=scores, warnings=warnings)
+                      candidates=scores, warnings=warnings, forced=bool(warnings))
 
 
 def evaluate(predictor_run: Run | str | os.PathLike, table_run: Run | str | os.PathLike) -> dict[str, float]:

@@ -58,7 +58,7 @@ def _latency(cfg: QuickstartConfig, root, trained: Run) -> Run:
         supernet=latency.SupernetSection(from_run=trained.path),
         latency=latency.MeasureSection(n=cfg.latency_samples, device="cpu", **LATENCY),
     ))
-    latency.fit(measured, seed=cfg.run.seed)
+    latency.fit(measured, seed=cfg.run.seed, force=True)  # a try-out: its warnings are shown
     return measured
 
 

@@ -65,6 +65,23 @@ class RaySearchSection(StrictModel):
     """Workers per node label, for metrics placed on nodes (`latency_ms@node:LABEL`)."""
 
 
+class JointPruneSection(StrictModel):
+    """`prune`: search architecture and sparsity together (`search.joint`): each arch also
+    picks one of `sparsity`, and its subnet is pruned by `method` before it is measured."""
+
+    kind: str = "unstructured"
+    method: str = "global_magnitude"
+    sparsity: list[float] = Field(default_factory=lambda: [0.0, 0.5, 0.8], min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> JointPruneSection:
+        from search.joint import check_method
+
+        check_method(self.kind, self.method, self.sparsity)
+        return self
+
+
 class SearchConfig(StrictModel):
     supernet: SupernetSource = Field(default_factory=lambda: SupernetSource(family="mbv3"))
     data: DataConfig | None = None
@@ -77,6 +94,7 @@ class SearchConfig(StrictModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     latency: dict[str, Any] = Field(default_factory=dict)
     predictors: dict[str, Path] = Field(default_factory=dict)
+    prune: JointPruneSection | None = None
     warm_start: list[Path] = Field(default_factory=list)
     """Earlier search runs whose evaluations seed this one (see `search.warm_start`)."""
     run: RunConfig = Field(default_factory=RunConfig)
@@ -132,6 +150,13 @@ def load_supernet(cfg: SearchConfig, device: str):
         largest = int(net.space.largest()["resolution"])
         data = load_dataset(data_cfg.model_copy(update={"resolution": largest}),
                             seed=cfg.run.seed)
+    if cfg.prune is not None:  # joint architecture x sparsity: its archs are pruned subnets
+        from search.joint import PrunedSubnets
+
+        p = cfg.prune
+        net = PrunedSubnets(net, kind=p.kind, method=p.method, sparsities=p.sparsity,
+                            options=p.options)
+        info = {**info, "prune": p.model_dump(mode="json")}
     return net, data, info
 
 
@@ -220,7 +245,11 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
                 write_table(table_path, evaluator.df, evaluator.metadata())
             if backend is not None:
                 run.update_manifest(ray_workers=backend.describe())
-            problem = search.SearchProblem(evaluator, constraints)
+            scorer = None
+            if getattr(optimizer, "zc_warm_start", None) is not None:  # ranks a pool for free
+                scorer = search.zero_cost.ArchScorer.for_supernet(
+                    net, subset.calib_batches(data), device=config.evaluation.device)
+            problem = search.SearchProblem(evaluator, constraints, zero_cost=scorer)
             optimizer.run(problem, seed=config.run.seed, workdir=run.path)
 
         df = evaluator.df
@@ -246,6 +275,8 @@ def _objectives(config: SearchConfig, constraints, net, data, subset, predictors
     import search
 
     calib, val = subset.loaders(data)
+    if hasattr(net, "calibration"):  # a joint search's pruners (layer_dp) see the fixed batches
+        net.calibration = calib
     ctx = search.ObjectiveContext(
         supernet=net, calib_loader=calib, val_loader=val, device=config.evaluation.device,
         bn_batches=len(calib), val_batches=None,

@@ -27,6 +27,8 @@ class SupernetSection(StrictModel):
     or `from_timm: NAME`, a supernet whose largest arch is that timm model (InstaTune-style
     elastic fine-tuning), with `pretrained` weights from timm's cache or a `weights` file
     (state dict of the timm model; its classifier is replaced when the classes differ).
+    Or `from_ofa: PATH`, Once-for-All's MobileNetV3 or ResNet-50 supernet from its checkpoint
+    file (`family` checks which; OFA's space, its classifier replaced when the classes differ).
     `kwargs` then override the derived family options (e.g. `resolutions: [160, 224]`)."""
 
     family: str = "mbv3"
@@ -35,11 +37,12 @@ class SupernetSection(StrictModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     mos: dict[str, Any] | None = None
     from_timm: str | None = None
+    from_ofa: Path | None = None
     pretrained: bool = False
     weights: Path | None = None
     reorder_channels: bool = True
     """Sort elastic channels by importance before training (as OFA does), so that smaller
-    widths keep the imported model's most important channels. Only with `from_timm`."""
+    widths keep the imported model's most important channels. Only with `from_timm`/`from_ofa`."""
 
     @model_validator(mode="after")
     def _timm_options_need_from_timm(self) -> SupernetSection:
@@ -47,6 +50,8 @@ class SupernetSection(StrictModel):
             raise ValueError("supernet.pretrained and supernet.weights need supernet.from_timm")
         if self.from_timm is not None and self.mos is not None:
             raise ValueError("supernet.mos is not available with supernet.from_timm")
+        if self.from_ofa is not None and (self.from_timm is not None or self.mos is not None):
+            raise ValueError("supernet.from_ofa takes neither supernet.from_timm nor supernet.mos")
         return self
 
 
@@ -55,14 +60,31 @@ def build_supernet(section: SupernetSection, *, num_classes: int, in_chans: int)
     import supernets
     from supernets.timm_bridge import from_timm
 
-    if section.from_timm is None:
+    if section.from_ofa is not None:
+        net = _ofa_supernet(section, num_classes, in_chans)
+    elif section.from_timm is None:
         return supernets.create(section.family, num_classes=num_classes, in_chans=in_chans,
                                 width_mult=section.width_mult, preset=section.preset,
                                 mos=section.mos, **section.kwargs)
-    model = _timm_model(section, num_classes, in_chans)
-    net = from_timm(model, **section.kwargs)
+    else:
+        net = from_timm(_timm_model(section, num_classes, in_chans), **section.kwargs)
     if section.reorder_channels:
         net.reorder_channels()
+    return net
+
+
+def _ofa_supernet(section: SupernetSection, num_classes: int, in_chans: int):
+    """OFA's supernet from its checkpoint, the head sized for the data (family checked only
+    when the config names one)."""
+    from nasbench_core.errors import UserError
+    from supernets.ofa_bridge import from_ofa
+
+    family = section.family if "family" in section.model_fields_set else None
+    net = from_ofa(section.from_ofa, family=family, num_classes=num_classes, **section.kwargs)
+    have = net.build_config()["in_chans"]
+    if have != in_chans:
+        raise UserError(f"the OFA supernet in {section.from_ofa} takes {have}-channel images; "
+                        f"the data has {in_chans}: set data.channels={have}")
     return net
 
 
@@ -122,9 +144,13 @@ class TrainConfig(StrictModel):
     def _check_hparams_and_device(self) -> TrainConfig:
         """The free-form `train` section and `device` are checked with the rest of the config,
         so a typo fails before a run directory exists (raised as ConfigError, not wrapped)."""
-        from supernets.train import TrainHParams
-
-        TrainHParams.from_dict(self.train, prefix="train.")
+        hparams, _ = train_settings(self.train)
+        section = self.supernet
+        if hparams.zero_init_residual and (section.pretrained or section.weights is not None
+                                           or section.from_ofa is not None):
+            raise ConfigError("train.zero_init_residual (set by recipe "
+                              f"{hparams.recipe!r}) would erase the imported supernet weights; "
+                              "set train.zero_init_residual: false")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"key 'device': expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         return self
@@ -137,10 +163,9 @@ def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsC
     from nasbench.progress import echo
     from nasbench.runs import start_run
     from nasbench_core.seeding import seed_everything
-    from supernets.train import TrainHParams
 
     cfg = config
-    hparams = TrainHParams.from_dict(cfg.train, prefix="train.")
+    hparams, teacher_section = train_settings(cfg.train)
     device = _device(cfg.device)
     seed = cfg.run.seed
     seed_everything(seed)
@@ -153,6 +178,14 @@ def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsC
         data_cfg = data_cfg.model_copy(update={"resolution": largest})
         if bundle.resolution != largest:
             bundle = load_dataset(data_cfg, seed=seed)
+    teacher = None
+    if teacher_section is not None:  # built before the run directory: a bad teacher is one line
+        from nasbench.teacher import build_teacher
+
+        teacher = build_teacher(
+            teacher_section, num_classes=bundle.num_classes, in_chans=bundle.in_chans,
+            recal_loader=bundle.loader(bundle.calibration_dataset, shuffle=False),
+            recal_batches=hparams.bn_recal_batches)
 
     with start_run("train", cfg.model_dump(mode="json"), seed, root=cfg.run.root,
                    name=cfg.run.name, resume=resume) as run:
@@ -169,9 +202,10 @@ def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsC
                 on_metrics(row)
 
         if cfg.runner == "ray":
-            history = _train_ray(cfg, run.path, net, data_cfg, hparams, log)
+            history = _train_ray(cfg, run.path, net, data_cfg, hparams, log, teacher)
         else:
-            history = _train_local(net, bundle, hparams, device, run.checkpoints, resume, log)
+            history = _train_local(net, bundle, hparams, device, run.checkpoints, resume, log,
+                                   teacher)
         final = history[-1] if history else {}
         run.update_manifest(
             checkpoint=str(run.checkpoints.relative_to(run.path)),
@@ -181,7 +215,18 @@ def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsC
         return run
 
 
-def _train_local(net, bundle, hparams, device, checkpoint_dir, resume, log) -> list[dict]:
+def train_settings(train: dict[str, Any]):
+    """The `train` section as (TrainHParams, TeacherSection or None): `teacher` is a nasbench
+    concern (it loads models), the rest goes to the library's hparams."""
+    from nasbench.teacher import parse_teacher
+    from supernets.train import TrainHParams
+
+    rest = {k: v for k, v in train.items() if k != "teacher"}
+    teacher = parse_teacher(train["teacher"]) if "teacher" in train else None
+    return TrainHParams.from_dict(rest, prefix="train."), teacher
+
+
+def _train_local(net, bundle, hparams, device, checkpoint_dir, resume, log, teacher=None) -> list[dict]:
     from supernets.train import train_supernet
 
     steps = len(bundle.train_dataset) // bundle.batch_size + bool(
@@ -204,15 +249,17 @@ def _train_local(net, bundle, hparams, device, checkpoint_dir, resume, log) -> l
         # A fixed, unshuffled, unaugmented slice of the training set: the same BN statistics
         # every epoch.
         recal_loader=bundle.loader(bundle.calibration_dataset, shuffle=False),
+        teacher=teacher,
     )
     return result.history
 
 
-def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log) -> list[dict]:
+def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log, teacher=None
+               ) -> list[dict]:
     from nasbench.distributed.train import RayScaling, train_on_ray
 
     initial = None
-    if cfg.supernet.from_timm is not None:  # workers rebuild the net: hand them its weights
+    if cfg.supernet.from_timm or cfg.supernet.from_ofa:  # workers rebuild: hand them weights
         from safetensors.torch import save_file
 
         from nasbench_core.atomic import atomic_path
@@ -233,6 +280,7 @@ def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log) ->
         log_metrics=log,
         address=cfg.ray.address,
         initial_weights=initial,
+        teacher=teacher,
     )
     return outcome.history
 

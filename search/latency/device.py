@@ -6,9 +6,11 @@ predictor fitted for one key must not be used for another.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 
@@ -77,3 +79,40 @@ class DeviceInfo:
             onnxruntime_version=onnxruntime_version(),
             platform=platform.platform(),
         )
+
+
+def cpu_freq_mhz() -> tuple[float | None, str | None]:
+    """The current CPU clock (MHz) and where it was read: psutil, cpufreq sysfs, /proc/cpuinfo
+    (mean over cores); (None, None) when the machine does not say."""
+    with contextlib.suppress(ImportError, OSError, AttributeError, NotImplementedError):
+        import psutil
+
+        freq = psutil.cpu_freq()
+        if freq is not None and freq.current > 0:
+            return float(freq.current), "psutil"
+    sysfs = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+    with contextlib.suppress(OSError, ValueError):
+        return int(sysfs.read_text().strip()) / 1000.0, "sysfs"  # kHz
+    with contextlib.suppress(OSError, ValueError):
+        mhz = [float(line.split(":", 1)[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+               if line.lower().startswith("cpu mhz") and ":" in line]
+        if mhz:
+            return sum(mhz) / len(mhz), "/proc/cpuinfo"
+    return None, None
+
+
+def machine_state() -> dict:
+    """How busy and how fast this machine is right now: the 1/5/15-minute load averages and the
+    CPU clock. Recorded with every latency table: a table timed under load (or a throttled
+    clock) explains its noise and must not be compared blindly with one timed on a quiet box.
+    Unknown values are None."""
+    try:
+        load: tuple[float, ...] | tuple[None, ...] = os.getloadavg()
+    except (AttributeError, OSError):  # not on every platform
+        load = (None, None, None)
+    mhz, source = cpu_freq_mhz()
+    return {
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_1m": load[0], "loadavg_5m": load[1], "loadavg_15m": load[2],
+        "cpu_count": os.cpu_count(), "cpu_freq_mhz": mhz, "cpu_freq_source": source,
+    }

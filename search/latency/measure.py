@@ -7,6 +7,13 @@ On a CPU shared with other jobs, `clock="cpu"` times the calling thread's CPU ti
 wall time (single-threaded runs only): it ignores the time the OS gave to other processes.
 On GPU every timed call is synchronised (CUDA events for torch, IOBinding for ONNX Runtime),
 so the time covers the kernels, not just their launch.
+
+Robust timing (`time_robust`, used by every measurement here): the repeats are split into
+`rounds` visits and, when several models are timed together, the visits are interleaved in a
+shuffled order, so a burst of load from another process hits all models alike instead of
+skewing the ones timed during it. A model whose IQR/median is above `max_rel_iqr` is re-timed
+(at most `max_retimes` times, the quietest attempt kept) and stays flagged `noisy` if it never
+gets under the threshold.
 """
 
 from __future__ import annotations
@@ -50,17 +57,27 @@ class LatencySettings:
     repeats: int = 50
     compile: bool = False
     clock: str = "wall"
+    rounds: int = 5
+    """Visits per model, `repeats` split across them (interleaved when timing several models)."""
+    max_rel_iqr: float = 0.1
+    """IQR/median above this flags a measurement as noisy and re-times it."""
+    max_retimes: int = 2
+    """How many times a noisy measurement is re-timed (0: flag only)."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"latency backend {self.backend!r} is unknown; expected one of {BACKENDS}")
         if self.device not in ("auto", "cpu") and cuda_index(self.device) is None:
             raise ConfigError(f"latency device {self.device!r} is unknown; expected one of {DEVICES}")
-        for name in ("batch", "repeats"):
+        for name in ("batch", "repeats", "rounds"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"latency {name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"latency warmup must be >= 0, got {self.warmup}")
+        if self.max_retimes < 0:
+            raise ConfigError(f"latency max_retimes must be >= 0, got {self.max_retimes}")
+        if not self.max_rel_iqr > 0:
+            raise ConfigError(f"latency max_rel_iqr must be > 0, got {self.max_rel_iqr}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"latency threads must be >= 1, got {self.threads}")
         if self.clock not in CLOCKS:
@@ -113,15 +130,24 @@ def _cuda_available(backend: str) -> bool:
 
 @dataclass(frozen=True)
 class LatencyResult:
+    """Median and IQR (ms) of one model's samples; `retimed` counts the re-timings it needed,
+    `noisy` says its IQR/median stayed above the threshold after them."""
+
     median_ms: float
     iqr_ms: float
     samples_ms: tuple[float, ...] = field(repr=False)
+    retimed: int = 0
+    noisy: bool = False
 
     @classmethod
     def from_samples(cls, samples_ms: Sequence[float]) -> LatencyResult:
         arr = np.asarray(samples_ms, dtype=np.float64)
         q1, med, q3 = np.percentile(arr, [25, 50, 75])
         return cls(float(med), float(q3 - q1), tuple(float(v) for v in arr))
+
+    @property
+    def rel_iqr(self) -> float:
+        return self.iqr_ms / self.median_ms if self.median_ms > 0 else float("inf")
 
 
 @contextlib.contextmanager
@@ -137,6 +163,7 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 Runner = Callable[[], float]
+"""One synchronised call of the model; returns its time in ms."""
 
 
 def measure_latency(
@@ -151,7 +178,7 @@ def measure_latency(
     try:
         with torch_threads(s.threads):
             runner = prepare_runner(model, input_shape, s)
-            return LatencyResult.from_samples(time_runner(runner, s.warmup, s.repeats))
+            return time_robust([runner], s)[0]
     finally:
         model.train(was_training)
 
@@ -161,6 +188,90 @@ def time_runner(runner: Runner, warmup: int, repeats: int) -> list[float]:
     for _ in range(warmup):
         runner()
     return [runner() for _ in range(repeats)]
+
+
+Progress = Callable[[int, int], None]
+
+
+def visits_per_model(s: LatencySettings) -> int:
+    """Rounds actually run: never more than there are timed calls to share out."""
+    return min(s.rounds, s.repeats)
+
+
+def time_interleaved(
+    runners: Sequence[Runner],
+    s: LatencySettings,
+    rng: np.random.Generator,
+    *,
+    before_visit: Callable[[int], None] | None = None,
+    fresh: bool = True,
+    on_visit: Callable[[], None] | None = None,
+) -> list[list[float]]:
+    """Samples (ms) of each runner: `min(rounds, repeats)` visits of `ceil(repeats / rounds)`
+    timed calls.
+
+    The first round visits the runners in order with the full warmup when `fresh`; later
+    rounds (and every round of a re-timing) visit them in a shuffled order after a short
+    warmup of at most 2 calls. `before_visit(i)` prepares runner `i` (e.g. activates its arch).
+    """
+    rounds = visits_per_model(s)
+    per_visit = -(-s.repeats // rounds)
+    samples: list[list[float]] = [[] for _ in runners]
+    for r in range(rounds):
+        first = fresh and r == 0
+        order = range(len(runners)) if first else rng.permutation(len(runners))
+        for i in order:
+            if before_visit is not None:
+                before_visit(int(i))
+            samples[i] += time_runner(runners[i], s.warmup if first else min(s.warmup, 2), per_visit)
+            if on_visit is not None:
+                on_visit()
+    return samples
+
+
+def _subset_hook(before_visit: Callable[[int], None], indices: list[int]) -> Callable[[int], None]:
+    """`before_visit` for a subset: visit `j` of the subset is runner `indices[j]`."""
+    return lambda j: before_visit(indices[j])
+
+
+def time_robust(
+    runners: Sequence[Runner],
+    s: LatencySettings,
+    *,
+    seed: int = 0,
+    before_visit: Callable[[int], None] | None = None,
+    on_progress: Progress | None = None,
+) -> list[LatencyResult]:
+    """Median and IQR of each runner, timed in interleaved rounds; noisy ones re-timed.
+
+    A result with IQR/median > `s.max_rel_iqr` is timed again (all such results together,
+    interleaved), up to `s.max_retimes` times; the attempt with the smallest IQR/median is kept,
+    so a burst of load during one attempt does not stick. `on_progress(done, total)` counts
+    visits; `total` grows when re-timings are needed.
+    """
+    rng = np.random.default_rng(seed)
+    total, done = len(runners) * visits_per_model(s), 0
+
+    def visited() -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total)
+
+    results = [LatencyResult.from_samples(t) for t in
+               time_interleaved(runners, s, rng, before_visit=before_visit, on_visit=visited)]
+    for attempt in range(1, s.max_retimes + 1):
+        noisy = [i for i, r in enumerate(results) if r.rel_iqr > s.max_rel_iqr]
+        if not noisy:
+            break
+        total += len(noisy) * visits_per_model(s)
+        hook = None if before_visit is None else _subset_hook(before_visit, noisy)
+        again = time_interleaved([runners[i] for i in noisy], s, rng, before_visit=hook,
+                                 fresh=False, on_visit=visited)
+        for i, times in zip(noisy, again, strict=True):
+            retry = LatencyResult.from_samples(times)
+            results[i] = replace(min(results[i], retry, key=lambda r: r.rel_iqr), retimed=attempt)
+    return [replace(r, noisy=r.rel_iqr > s.max_rel_iqr) for r in results]
 
 
 def prepare_runner(model: nn.Module, input_shape: Sequence[int], s: LatencySettings) -> Runner:

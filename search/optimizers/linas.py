@@ -5,7 +5,8 @@ except for values an objective gives exactly and cheaply (`Objective.batch`: an 
 parameter count, a fitted latency predictor), which are used as they are; run NSGA-II on that
 with a large inner budget, then measure the best-ranked archs of its final population that
 the table does not have yet. The first round measures the smallest
-and largest archs plus random ones.
+and largest archs plus random ones; with `zc_warm_start`, the top of a proxy-ranked random pool
+comes right after the extremes, in place of random archs (`search.optimizers.zc_warm_start`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pydantic
 from search.evaluations import BudgetExhausted
 from search.optimizers.base import Optimizer, PositiveInt, register_optimizer, settings_dataclass
 from search.optimizers.pymoo_search import initial_sampling, integer_operators, rank_rows
+from search.optimizers.zc_warm_start import ZCWarmStart, warm_start_archs
 from search.predictors import make_regressor, select_regressor
 from search.predictors.regressors import fit_quietly
 from search.problem import PymooProblem, SearchProblem
@@ -35,13 +37,17 @@ class LINAS(Optimizer):
     regressors: list[str] = field(default_factory=lambda: ["ridge", "svr"])
     folds: Annotated[int, pydantic.Field(ge=2)] = 3
     seed_extremes: bool = True
+    zc_warm_start: ZCWarmStart | None = None
 
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
         ev = problem.evaluator
         rng = np.random.default_rng(seed)
         try:
-            if self.seed_extremes and len(ev.df) == 0:
+            fresh = len(ev.df) == 0
+            if fresh and self.seed_extremes:
                 ev.evaluate([problem.space.smallest(), problem.space.largest()][: self.pop_size])
+            if fresh and self.zc_warm_start is not None:
+                ev.evaluate(warm_start_archs(problem, self.zc_warm_start, seed))
             self._measure_random(problem, rng, self.pop_size - len(ev.df))
             stall = 0
             while ev.remaining > 0 and stall < self.max_stall:

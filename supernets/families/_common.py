@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nasbench_core.errors import UserError
@@ -64,3 +66,54 @@ def count(module: nn.Module) -> int:
 def active_blocks(stage_blocks: Sequence[Sequence[int]], arch: Mapping[str, Any]) -> list[int]:
     """Indices of the blocks an arch runs: the first `stage{s}.depth` blocks of each stage."""
     return [i for s, idx in enumerate(stage_blocks) for i in idx[: arch[f"stage{s}.depth"]]]
+
+
+class Regularization:
+    """Mixin for a family: dropout before the classifier and drop-path (stochastic depth) on
+    residual branches, both active in training mode only and off (0) unless asked for.
+
+    The family lists its drop-path blocks (`_drop_path_blocks()`, in depth order, each with a
+    `drop_path_rate` its forward passes to `drop_path`); block i of n gets `drop_path * i /
+    (n - 1)`, the linear rule of stochastic depth (Huang et al. 2016, timm). The training loop
+    changes the rates per member through `set_regularization` (BigNAS: largest child only).
+    """
+
+    dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+
+    @property
+    def regularization(self) -> tuple[float, float]:
+        return self.dropout_rate, self.drop_path_rate
+
+    def set_regularization(self, dropout: float, drop_path: float) -> None:
+        for name, value in (("dropout", dropout), ("drop_path", drop_path)):
+            if not 0 <= value < 1:
+                raise UserError(f"{name}: expected a number in [0, 1), got {value!r}")
+        self.dropout_rate, self.drop_path_rate = float(dropout), float(drop_path)
+        blocks = self._drop_path_blocks()
+        for i, block in enumerate(blocks):
+            block.drop_path_rate = self.drop_path_rate * i / max(1, len(blocks) - 1)
+
+    def _drop_path_blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def classifier_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout on the classifier's input (identity in eval mode or at rate 0)."""
+        if self.training and self.dropout_rate > 0:  # type: ignore[attr-defined]
+            return F.dropout(x, self.dropout_rate, training=True)
+        return x
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Stochastic depth on a residual branch's output: zero it per sample with probability
+    `rate`, scale the kept ones by 1 / (1 - rate); identity when not training or at rate 0."""
+    if not (training and rate > 0):
+        return x
+    from timm.layers import drop_path as timm_drop_path  # timm is slow to import: only when used
+
+    return timm_drop_path(x, rate, training)
+
+
+def nonzero_options(**options: float) -> dict[str, float]:
+    """The options to record in build_config: left out at 0, so older configs stay identical."""
+    return {k: v for k, v in options.items() if v}

@@ -20,11 +20,14 @@ from torch import nn
 
 from supernets.base import Supernet, training_layout
 from supernets.families._common import (
+    Regularization,
     activation,
     active_blocks,
     choices,
     count,
     depth_gates,
+    drop_path,
+    nonzero_options,
     per_block,
     preset_kwargs,
 )
@@ -95,6 +98,7 @@ class ElasticMBConv(nn.Module):
         self.project = DynamicConv2d(mid, out_ch, 1)
         self.project_bn = DynamicBatchNorm2d(out_ch)
         self.residual = stride == 1 and in_ch == out_ch
+        self.drop_path_rate = 0.0
 
     def mid_channels(self, expand: float) -> int:
         return make_divisible(self.in_ch * expand, self.divisor)
@@ -115,7 +119,7 @@ class ElasticMBConv(nn.Module):
         if self.se is not None:
             out = self.se(out)
         out = self.project_bn(self.project(out))
-        return out + x if self.residual else out
+        return drop_path(out, self.drop_path_rate, self.training) + x if self.residual else out
 
     def to_stock(self) -> nn.Module:
         body = [self.expand.to_stock(), self.expand_bn.to_stock(), activation_copy(self.act),
@@ -169,11 +173,15 @@ def _fixed_block(in_ch: int, spec: dict[str, Any], divisor: int, width_mult: flo
 
 
 @register_supernet("mbv3")
-class MobileNetV3Supernet(Supernet):
-    """Elastic MobileNetV3: per-block kernel and expand ratio, per-stage depth, resolution."""
+class MobileNetV3Supernet(Regularization, Supernet):
+    """Elastic MobileNetV3: per-block kernel and expand ratio, per-stage depth, resolution.
+
+    `dropout` (before the classifier) and `drop_path` (on the residual branches of the elastic
+    blocks) are training-only regularizers, off by default."""
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0,
-                 preset: str = "default", **overrides: Any):
+                 preset: str = "default", dropout: float = 0.0, drop_path: float = 0.0,
+                 **overrides: Any):
         cfg = preset_kwargs("mbv3", PRESETS, preset, overrides)
         div = cfg["divisor"]
 
@@ -200,7 +208,8 @@ class MobileNetV3Supernet(Supernet):
                                  [[f"block{i}.kernel", f"block{i}.expand"] for i in idx])
         super().__init__(SearchSpace(dims, gates), {
             "num_classes": num_classes, "in_chans": in_chans, "width_mult": width_mult,
-            "preset": preset, **overrides})
+            "preset": preset, **nonzero_options(dropout=dropout, drop_path=drop_path),
+            **overrides})
 
         stem_w = w(cfg["stem_width"])
         self.stem = nn.Sequential(
@@ -227,6 +236,7 @@ class MobileNetV3Supernet(Supernet):
             nn.Hardswish(), nn.Flatten(1), nn.Linear(head_w, num_classes),
         )
         _init_weights(self)
+        self.set_regularization(dropout, drop_path)
         self._run: list[ElasticMBConv] = list(self.blocks)
         self.set_active(self.space.largest())
 
@@ -240,7 +250,19 @@ class MobileNetV3Supernet(Supernet):
         x = self.first(self.stem(training_layout(x)))
         for block in self._run:
             x = block(x)
-        return self.head(self.final(x))
+        *features, classifier = self.head
+        x = self.final(x)
+        for layer in features:
+            x = layer(x)
+        return classifier(self.classifier_dropout(x))
+
+    def residual_branch_ends(self) -> list[nn.Module]:
+        """The last BN of every block with a skip connection (for zero-init)."""
+        first = [self.first.body[-1]] if self.first.shortcut is not None else []
+        return first + [b.project_bn for b in self.blocks if b.residual]
+
+    def _drop_path_blocks(self) -> list[nn.Module]:
+        return [b for b in self.blocks if b.residual]
 
     def _extract(self) -> nn.Module:
         return nn.Sequential(

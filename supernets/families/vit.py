@@ -18,7 +18,15 @@ from torch import nn
 
 from nasbench_core.errors import UserError
 from supernets.base import Supernet
-from supernets.families._common import choices, depth_gates, per_block, preset_kwargs
+from supernets.families._common import (
+    Regularization,
+    choices,
+    depth_gates,
+    drop_path,
+    nonzero_options,
+    per_block,
+    preset_kwargs,
+)
 from supernets.ops import (
     DynamicAttention,
     DynamicConv2d,
@@ -72,6 +80,7 @@ class ElasticViTBlock(nn.Module):
         self.attn = DynamicAttention(dim, heads, head_dim, qkv_bias)
         self.norm2 = DynamicLayerNorm(dim, eps)
         self.mlp = ElasticMlp(dim, mlp_hidden(dim, max_ratio))
+        self.drop_path_rate = 0.0
 
     def set_active(self, dim: int, heads: int, ratio: float) -> None:
         self.norm1.set_active(dim)
@@ -82,8 +91,9 @@ class ElasticViTBlock(nn.Module):
         self.mlp.fc2.set_active(dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        rate, training = self.drop_path_rate, self.training
+        x = x + drop_path(self.attn(self.norm1(x)), rate, training)
+        return x + drop_path(self.mlp(self.norm2(x)), rate, training)
 
     def to_stock(self) -> nn.Module:
         attn = nn.Sequential(self.norm1.to_stock(), self.attn.to_stock())
@@ -105,11 +115,15 @@ class ElasticViTBlock(nn.Module):
 
 
 @register_supernet("vit")
-class ViTSupernet(Supernet):
-    """Elastic ViT with a class token: embed dim, depth, per-block heads and MLP ratio."""
+class ViTSupernet(Regularization, Supernet):
+    """Elastic ViT with a class token: embed dim, depth, per-block heads and MLP ratio.
+
+    `dropout` (before the head) and `drop_path` (on both residual branches of every block,
+    as AutoFormer does) are training-only regularizers, off by default."""
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 3, width_mult: float = 1.0,
-                 preset: str = "default", **overrides: Any):
+                 preset: str = "default", dropout: float = 0.0, drop_path: float = 0.0,
+                 **overrides: Any):
         cfg = preset_kwargs("vit", PRESETS, preset, overrides)
         img, patch = cfg["img_size"], cfg["patch_size"]
         if img % patch:
@@ -126,7 +140,8 @@ class ViTSupernet(Supernet):
                                               for i in range(depths[-1])])
         super().__init__(SearchSpace(dims, gates), {
             "num_classes": num_classes, "in_chans": in_chans, "width_mult": width_mult,
-            "preset": preset, **overrides})
+            "preset": preset, **nonzero_options(dropout=dropout, drop_path=drop_path),
+            **overrides})
 
         dim = embeds[-1]
         num_patches = (img // patch) ** 2
@@ -141,6 +156,7 @@ class ViTSupernet(Supernet):
         self.norm = DynamicLayerNorm(dim, cfg["eps"])
         self.head = DynamicLinear(dim, num_classes)
         self._init_weights()
+        self.set_regularization(dropout, drop_path)
         self._dim = dim
         self._run: list[ElasticViTBlock] = list(self.blocks)
         self.set_active(self.space.largest())
@@ -170,7 +186,15 @@ class ViTSupernet(Supernet):
         x = torch.cat([cls, x], dim=1) + self.pos_embed[:, :, :d]
         for block in self._run:
             x = block(x)
-        return self.head(self.norm(x)[:, 0])
+        return self.head(self.classifier_dropout(self.norm(x)[:, 0]))
+
+    def residual_branch_ends(self) -> list[nn.Module]:
+        """No BN here: the last projection of each residual branch (attention `proj`, MLP
+        `fc2`), whose zero init makes every block start as the identity, as gamma = 0 does."""
+        return [m for b in self.blocks for m in (b.attn.proj, b.mlp.fc2)]
+
+    def _drop_path_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)
 
     def _extract(self) -> nn.Module:
         d = self._dim

@@ -14,9 +14,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasbench_core.errors import ConfigError
+from supernets.training.recipes import recipe
 
 OPTIMIZERS = ("sgd", "adamw")
 SAMPLINGS = ("sandwich", "uniform")
+LR_SCHEDULES = ("cosine", "exp")
+REGULARIZE = ("all", "largest")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FLOOR_AT = 0.75
+"""With `lr_schedule="exp"` and no `lr_decay`, the lr reaches its floor after this fraction of the
+post-warmup epochs and stays there (the constant ending)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,9 @@ class TrainHParams:
     `sampling="sandwich"`: each step trains the largest subnet on labels, then the smallest and
     `num_random` random subnets on the largest's soft logits, and takes one optimizer step.
     `sampling="uniform"`: each step trains one uniformly sampled subnet on labels (single path).
+
+    Build from a config with `from_dict` (or `from_recipe`): they apply `recipe`'s defaults
+    under the given keys. The constructor only records the recipe's name.
     """
 
     epochs: int = 10
@@ -35,19 +45,27 @@ class TrainHParams:
     nesterov: bool = True  # SGD only
     weight_decay: float = 5e-5  # never applied to norm weights and biases
     warmup_epochs: float = 1.0  # linear warmup, stepped per optimizer step
-    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio; the exp schedule's floor
+    lr_schedule: str = "cosine"  # cosine | exp (exponential decay with a constant ending)
+    lr_decay: float | None = None  # exp: lr multiplier per epoch; None: floor at FLOOR_AT
+    zero_init_residual: bool = False  # zero the last BN (or projection) of each residual branch
+    dropout: float | None = None  # before the classifier; None keeps the supernet's own rate
+    drop_path: float | None = None  # on residual branches; None keeps the supernet's own rate
+    regularize: str = "all"  # all | largest: which members train with dropout and drop-path
     label_smoothing: float = 0.1  # for members that learn from labels
     sampling: str = "sandwich"  # sandwich | uniform
     num_random: int = 2  # random subnets per sandwich (besides largest and smallest)
     distill_temperature: float = 1.0  # softens teacher and student logits in the KL
     grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
     max_steps_per_epoch: int | None = None  # cap on batches per epoch (quick runs)
-    amp: bool = True  # float16 autocast + GradScaler on CUDA; ignored on CPU
+    precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     bn_recal_batches: int = 10  # batches for BN recalibration before each validation
     val_max_batches: int | None = None  # cap on validation batches
     keep_checkpoints: int = 2  # newest epoch checkpoints kept
+    recipe: str = "default"  # named preset of these fields (supernets.training.recipes)
 
     def __post_init__(self) -> None:
+        recipe(self.recipe)
         _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
         _check(self.lr > 0, "lr", self.lr, "a number > 0")
         _check(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {OPTIMIZERS}")
@@ -63,6 +81,21 @@ class TrainHParams:
             0 <= self.label_smoothing < 1, "label_smoothing", self.label_smoothing,
             "a number in [0, 1)",
         )
+        _check(self.lr_schedule in LR_SCHEDULES, "lr_schedule", self.lr_schedule,
+               f"one of {LR_SCHEDULES}")
+        _check(self.lr_decay is None or 0 < self.lr_decay <= 1, "lr_decay", self.lr_decay,
+               "a number in (0, 1] or null")
+        _check(
+            self.lr_schedule != "exp" or self.lr_decay is not None or self.min_lr_ratio > 0,
+            "min_lr_ratio", self.min_lr_ratio,
+            "a floor > 0 for lr_schedule 'exp' without lr_decay (or set lr_decay)",
+        )
+        for key in ("dropout", "drop_path"):
+            value = getattr(self, key)
+            _check(value is None or 0 <= value < 1, key, value, "a number in [0, 1) or null")
+        _check(self.regularize in REGULARIZE, "regularize", self.regularize,
+               f"one of {REGULARIZE}")
+        _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
         _check(self.sampling in SAMPLINGS, "sampling", self.sampling, f"one of {SAMPLINGS}")
         _check(self.num_random >= 0, "num_random", self.num_random, "an integer >= 0")
         _check(
@@ -86,8 +119,14 @@ class TrainHParams:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, *, prefix: str = "") -> TrainHParams:
-        """Build from a mapping (a YAML section); unknown keys and wrong types are ConfigErrors."""
+        """Build from a mapping (a YAML section): `recipe`'s defaults, overridden by the given
+        keys; unknown keys and wrong types are ConfigErrors."""
         data = dict(data or {})
+        try:
+            preset = recipe(data.get("recipe", "default"))
+        except ConfigError as exc:
+            raise ConfigError(f"{prefix}{exc}") from None
+        data = {**preset.defaults, **data}
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]
         for key, value in data.items():
@@ -98,6 +137,11 @@ class TrainHParams:
             return cls(**data)
         except ConfigError as exc:
             raise ConfigError(f"{prefix}{exc}" if prefix else str(exc)) from None
+
+    @classmethod
+    def from_recipe(cls, name: str, **overrides: Any) -> TrainHParams:
+        """The recipe `name`'s settings with `overrides` on top (the library form of a config)."""
+        return cls.from_dict({"recipe": name, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

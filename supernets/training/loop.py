@@ -1,8 +1,10 @@
 """`train_supernet`: the one training function, used in-process and inside Ray Train workers.
 
 BigNAS sandwich rule with in-place distillation (or single-path uniform sampling), one
-optimizer step per sandwich, per-step warmup+cosine, checkpoints every epoch and exact
+optimizer step per sandwich, a per-step lr schedule, checkpoints every epoch and exact
 resume. Free of Ray: distributed callers pass `ddp_wrap` and shard the loaders themselves.
+Recipe hooks (zero-init, per-member dropout/drop-path) live in `regularize`; an external
+teacher is any frozen module passed as `teacher`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from supernets.checkpoint import (
 )
 from supernets.space import Arch
 from supernets.training.hparams import TrainHParams
-from supernets.training.optim import build_optimizer, build_scheduler
+from supernets.training.optim import build_optimizer, build_scheduler, lr_factor
+from supernets.training.regularize import MemberRegularization, zero_init_residual_
 from supernets.training.rng import capture_rng, loader_generators, restore_rng
 from supernets.training.sampling import Member, step_plan
 
@@ -74,6 +77,7 @@ def train_supernet(
     arch_sampler_seed: int = 0,
     ddp_wrap: Callable[[nn.Module], nn.Module] | None = None,
     recal_loader: Iterable | None = None,
+    teacher: nn.Module | None = None,
 ) -> TrainResult:
     """Train `net` (a Supernet) for `cfg.epochs`; returns a TrainResult.
 
@@ -81,23 +85,32 @@ def train_supernet(
     largest, lr, images/s); `on_progress(epoch, step, steps_per_epoch)` after every step.
     `ddp_wrap(net)` may wrap the net for DDP; archs are drawn from (arch_sampler_seed, step),
     so every worker trains the same subnets. Checkpoints are written by rank 0 only.
+    `teacher` (a module mapping the batch to logits) is frozen and put in eval mode; its logits
+    replace the largest subnet's as the distillation target of the other members, while the
+    largest keeps learning from the labels.
     """
     device = torch.device(device)
     net.to(device)
-    model = ddp_wrap(net) if ddp_wrap is not None else net
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    use_amp = amp_dtype is not None
     steps_per_epoch = _steps_per_epoch(train_loader, cfg)
-    optimizer = build_optimizer(net, cfg)
-    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     generators = loader_generators(train_loader)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    stem = latest_checkpoint(ckpt_dir) if resume and ckpt_dir is not None else None
+    if stem is None and cfg.zero_init_residual:
+        zero_init_residual_(net)  # a fresh start only: a resumed run loads its trained weights
+    model = ddp_wrap(net) if ddp_wrap is not None else net
+    optimizer = build_optimizer(net, cfg)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
 
     result = TrainResult(epochs_completed=0, global_step=0)
-    if resume and ckpt_dir is not None and (stem := latest_checkpoint(ckpt_dir)) is not None:
+    if stem is not None:
         meta = load_checkpoint(stem, net, optimizer, scheduler)
         _check_resumable(stem, meta, cfg, arch_sampler_seed, steps_per_epoch)
-        if use_amp and meta.get("grad_scaler"):
+        if scaler.is_enabled() and meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
         restore_rng(meta["rng"], generators)
         result = TrainResult(
@@ -108,7 +121,39 @@ def train_supernet(
             resumed_from=stem,
         )
 
-    ctx = StepContext(model, net, optimizer, scheduler, scaler, cfg, device, use_amp)
+    regularization = MemberRegularization(net, cfg)
+    ctx = StepContext(model, net, optimizer, scheduler, scaler, cfg, device, use_amp,
+                      amp_dtype or torch.float16, teacher, regularization)
+    try:
+        _train_epochs(ctx, result, train_loader, val_loader, recal_loader, steps_per_epoch,
+                      arch_sampler_seed, ckpt_dir, generators, on_metrics, on_progress)
+    finally:
+        regularization.restore()
+    return result
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `train.precision` on `device` (None: no autocast, fp32).
+    `auto` is fp16 on CUDA and fp32 elsewhere; fp16 also gets a GradScaler (see the loop)."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return None
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no "
+                        "bfloat16 support; use fp16")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _train_epochs(
+    ctx: StepContext, result: TrainResult, train_loader: Iterable, val_loader: Iterable | None,
+    recal_loader: Iterable | None, steps_per_epoch: int, arch_sampler_seed: int,
+    ckpt_dir: Path | None, generators: Any, on_metrics: MetricsFn | None,
+    on_progress: ProgressFn | None,
+) -> None:
+    """The epochs from `result.epochs_completed` on: train, validate, checkpoint, report."""
+    net, cfg, device = ctx.net, ctx.cfg, ctx.device
+    optimizer, scheduler, scaler = ctx.optimizer, ctx.scheduler, ctx.scaler
     for epoch in range(result.epochs_completed, cfg.epochs):
         row = _train_epoch(ctx, train_loader, epoch, steps_per_epoch, result.global_step,
                            arch_sampler_seed, on_progress)
@@ -129,7 +174,7 @@ def train_supernet(
                     "hparams": cfg.to_dict(),
                     "arch_sampler_seed": arch_sampler_seed,
                     "steps_per_epoch": steps_per_epoch,
-                    "grad_scaler": scaler.state_dict() if use_amp else None,
+                    "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
                     "history": result.history,
                     "rng": capture_rng(generators),
                 },
@@ -137,7 +182,6 @@ def train_supernet(
             prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
         if on_metrics is not None:
             on_metrics(dict(row))
-    return result
 
 
 def evaluate_arch(
@@ -160,7 +204,7 @@ def evaluate_arch(
 
     device = torch.device(device)
     was_training = net.training
-    if isinstance(net, Supernet):
+    if isinstance(net, Supernet) or hasattr(net, "set_active"):  # also search.joint's pruned subnets
         net.set_active(arch)
     if recal_loader is not None:
         recalibrate_bn(net, recal_loader, recal_batches, arch=arch)
@@ -188,35 +232,61 @@ class StepContext:
     scaler: torch.amp.GradScaler
     cfg: TrainHParams
     device: torch.device
-    use_amp: bool
+    use_amp: bool  # autocast on, in `amp_dtype`
+    amp_dtype: torch.dtype = torch.float16
+    teacher: nn.Module | None = None  # external, frozen: its logits are the KD targets
+    regularization: MemberRegularization | None = None
 
 
 def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, members: list[Member]) -> dict:
-    """One optimizer step over `members` (teacher first); returns detached losses by role."""
+    """One optimizer step over `members` (largest first); returns detached losses by role.
+
+    The largest learns from the labels (label-smoothed); the others distill from the external
+    teacher's logits when there is one, else from the largest's (in-place distillation). A
+    `uniform` member learns from the labels, or from the external teacher when there is one.
+    """
     cfg = ctx.cfg
     ctx.optimizer.zero_grad(set_to_none=True)
-    teacher: torch.Tensor | None = None
+    target: torch.Tensor | None = None
+    if ctx.teacher is not None:
+        with torch.no_grad(), _autocast(ctx):
+            target = ctx.teacher(x).float()
     losses: dict[str, list[torch.Tensor]] = {}
     for member in members:
         ctx.net.set_active(member.arch)
-        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.use_amp):
+        if ctx.regularization is not None:
+            ctx.regularization.apply(member.arch)
+        with _autocast(ctx):
             logits = ctx.model(prepare_input(x, member.arch))
         logits = logits.float()
-        if member.learns_from_labels:
+        if member.role == "largest" or (member.role == "uniform" and ctx.teacher is None):
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
         else:
-            loss = distill_loss(logits, teacher, cfg.distill_temperature)
+            loss = distill_loss(logits, target, cfg.distill_temperature)
         ctx.scaler.scale(loss).backward()
-        if member.role == "largest":
-            teacher = logits.detach()
+        if member.role == "largest" and ctx.teacher is None:
+            target = logits.detach()
         losses.setdefault(member.role, []).append(loss.detach())
     if cfg.grad_clip is not None:
         ctx.scaler.unscale_(ctx.optimizer)
         nn.utils.clip_grad_norm_(ctx.net.parameters(), cfg.grad_clip)
-    ctx.scaler.step(ctx.optimizer)
-    ctx.scaler.update()
-    ctx.scheduler.step()
+    if optimizer_step(ctx.scaler, ctx.optimizer):
+        ctx.scheduler.step()
     return losses
+
+
+def optimizer_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> bool:
+    """`scaler.step` + `update`; False when the scaler skipped the step (inf/nan gradients), so
+    the caller leaves the lr schedule where it is. A skip is what lowers the scale: `update`
+    never lowers it otherwise."""
+    before = scaler.get_scale() if scaler.is_enabled() else None
+    scaler.step(optimizer)
+    scaler.update()
+    return before is None or scaler.get_scale() >= before
+
+
+def _autocast(ctx: StepContext) -> torch.autocast:
+    return torch.autocast(ctx.device.type, dtype=ctx.amp_dtype, enabled=ctx.use_amp)
 
 
 def _train_epoch(
@@ -299,24 +369,22 @@ def epochs_change(meta: Mapping[str, Any], cfg: TrainHParams, steps_per_epoch: i
     """What resuming a checkpoint (`meta`) with `cfg.epochs` does to the run, in one line; None
     when the epochs are unchanged. The cosine schedule is rebuilt for the new length, so the
     learning rate at the resume point changes: the line says by how much."""
-    from supernets.training.optim import warmup_cosine
-
     old, new, done = int(meta.get("hparams", {}).get("epochs", cfg.epochs)), cfg.epochs, int(meta["epoch"])
     if old == new:
         return None
     if new < done:
         raise CheckpointError(f"cannot resume: the run has trained {done} epochs, more than "
                               f"train.epochs={new}")
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
     step = int(meta.get("global_step", done * steps_per_epoch))
-    before = warmup_cosine(old * steps_per_epoch, warmup, cfg.min_lr_ratio)(step)
-    after = warmup_cosine(new * steps_per_epoch, warmup, cfg.min_lr_ratio)(step)
+    before = lr_factor(cfg.replace(epochs=old), steps_per_epoch)(step)
+    after = lr_factor(cfg, steps_per_epoch)(step)
     return (f"train.epochs {old} -> {new}: the schedule is stretched to {new} epochs from epoch "
             f"{done}; the lr multiplier at the resume point goes from {before:.3g} to {after:.3g}")
 
 
 def _check_resumable(stem: Path, meta: dict, cfg: TrainHParams, seed: int, steps: int) -> None:
-    saved = meta.get("hparams", {})
+    # Keys a checkpoint lacks were added later: it trained with their defaults.
+    saved = {**TrainHParams().to_dict(), **meta.get("hparams", {})}
     changed = sorted(k for k, v in cfg.to_dict().items()
                      if saved.get(k) != v and k not in EXTENDABLE)
     epochs_change(meta, cfg, steps)  # refuses fewer epochs than the run already trained

@@ -20,10 +20,6 @@ class Member:
     role: str
     arch: Arch
 
-    @property
-    def learns_from_labels(self) -> bool:
-        return self.role in ("largest", "uniform")
-
 
 def step_plan(
     space: SearchSpace, sampling: str, num_random: int, seed: int, step: int

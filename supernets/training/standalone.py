@@ -30,6 +30,17 @@ class PinnedArch(nn.Module):
     def set_active(self, arch: Mapping[str, Any]) -> None:
         self.net.set_active(arch)
 
+    # The recipe hooks (see supernets.training.regularize) act on the wrapped net.
+    @property
+    def regularization(self) -> tuple[float, float]:
+        return self.net.regularization
+
+    def set_regularization(self, dropout: float, drop_path: float) -> None:
+        self.net.set_regularization(dropout, drop_path)
+
+    def residual_branch_ends(self) -> list[nn.Module]:
+        return self.net.residual_branch_ends()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
