@@ -311,3 +311,18 @@ def test_train_refuses_a_bad_ofa_source_before_the_run_dir(ofa_file, tmp_path):
     with pytest.raises(UserError, match="takes 3-channel images; the data has 1"):
         nasbench.train({**config, "data": {**config["data"], "channels": 1}}, quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_ofa_checkpoint_keeps_its_channel_order_unless_asked(ofa_file):
+    """OFA's smaller subnets are trained on its leading channels: sorting would change them."""
+    from nasbench.runners.train import SupernetSection, build_supernet
+
+    def weights(**extra):
+        section = SupernetSection(from_ofa=ofa_file, family="mbv3", **extra)
+        net = build_supernet(section, num_classes=1000, in_chans=3)
+        return {k: v for k, v in net.state_dict().items() if "classifier" not in k}
+
+    imported = supernets.from_ofa(ofa_file, family="mbv3").state_dict()
+    kept, sorted_ = weights(), weights(reorder_channels=True)
+    assert all(torch.equal(kept[k], imported[k]) for k in kept)
+    assert not all(torch.equal(sorted_[k], imported[k]) for k in sorted_)

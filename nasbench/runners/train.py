@@ -40,9 +40,11 @@ class SupernetSection(StrictModel):
     from_ofa: Path | None = None
     pretrained: bool = False
     weights: Path | None = None
-    reorder_channels: bool = True
-    """Sort elastic channels by importance before training (as OFA does), so that smaller
-    widths keep the imported model's most important channels. Only with `from_timm`/`from_ofa`."""
+    reorder_channels: bool | None = None
+    """Sort elastic channels by importance before training (as OFA does when it starts
+    shrinking a trained full model), so that smaller widths keep the imported model's most
+    important channels. Default: on for `from_timm` (one dense model), off for `from_ofa` (its
+    smaller subnets are already trained on its leading channels; sorting would change them)."""
 
     @model_validator(mode="after")
     def _timm_options_need_from_timm(self) -> SupernetSection:
@@ -68,7 +70,8 @@ def build_supernet(section: SupernetSection, *, num_classes: int, in_chans: int)
                                 mos=section.mos, **section.kwargs)
     else:
         net = from_timm(_timm_model(section, num_classes, in_chans), **section.kwargs)
-    if section.reorder_channels:
+    reorder = section.reorder_channels
+    if reorder if reorder is not None else section.from_ofa is None:
         net.reorder_channels()
     return net
 
