@@ -145,3 +145,42 @@ def test_force_saves_an_untrusted_fit_with_its_warnings(tmp_path, capsys, n, noi
     saved = json.loads((fitted.run.path / "latency_fit.json").read_text())
     assert saved["warnings"] == fitted.warnings and saved["forced"] is True
     assert f"warning: {fitted.warnings[0]}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_lookup_table_fits_from_the_cli_and_predicts_in_a_search(cli, tmp_path, monkeypatch):
+    """`latency fit --lut`: OFA-style per-block table, the same trust checks, then usable as a
+    search's latency_ms_pred; a prediction is the sum of the arch's timed blocks + constant."""
+    import nasbench
+    import supernets
+    from search.latency import LatencyLUT, block_specs
+    from search.latency.measure import LatencyResult
+    from tests.test_api import tiny_search
+
+    sets = ["latency.n=12", "latency.warmup=1", "latency.repeats=3", "latency.threads=1",
+            "latency.rounds=1", "latency.max_retimes=0", "latency.resolution=16",
+            "supernet.in_chans=1", f"run.root={tmp_path}", "run.name=lat"]
+    assert cli("latency", "measure", *[a for s in sets for a in ("--set", s)]).code == 0
+    run = tmp_path / "lat"
+    refused = cli("latency", "fit", str(run), "--lut")
+    assert refused.code == 2 and "latency lookup table not saved: held-out metrics come from 3 rows" \
+        in refused.err and not (run / "latency_lut.json").exists()
+    assert cli("latency", "fit", str(run), "--lut", "--force").code == 0
+
+    import search.latency.lut as lut_module
+
+    new_block_ms = 1000.0  # blocks the table lacks are timed on use: a known stand-in here
+    monkeypatch.setattr(lut_module, "measure_latency",
+                        lambda *a, **k: LatencyResult(new_block_ms, 0.0, (new_block_ms,)))
+    cfg = tiny_search(tmp_path, "s", ["top1", "latency_ms_pred"])
+    cfg.update(budget=3, latency={"threads": 1},  # the table's device key
+               predictors={"latency_ms_pred": str(run / "latency_lut.json")})
+    searched = nasbench.search(cfg, quiet=True)
+    lut = LatencyLUT.load(run / "latency_lut.json")
+    net = supernets.create("mbv3", preset="tiny", num_classes=10, in_chans=1)
+    for _, row in searched.evaluations.iterrows():
+        specs = block_specs(net, net.space.parse(row["arch"]), (1, 16, 16))
+        unique = {s.key: s for s in specs}  # a block new to the table is timed once, then known
+        lut.entries.update({k: {"ms": new_block_ms} for k in unique if k not in lut.entries})
+        expected = sum(lut.entries[s.key]["ms"] for s in specs) + lut.constant_ms
+        assert row["latency_ms_pred"] == pytest.approx(expected, rel=1e-9)

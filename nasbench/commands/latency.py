@@ -44,6 +44,8 @@ def fit(
     seed: int = typer.Option(0, help="Seed of the split and the regressors."),
     force: bool = typer.Option(False, "--force", help="Save the predictor even when its held-out "
                                "set is under 20 rows, its MAPE over 25% or its tau below MACs'."),
+    lut: bool = typer.Option(False, "--lut", help="Fit the OFA-style per-block lookup table "
+                             "(latency_lut.json) instead of a learned predictor."),
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Fit a latency predictor; print held-out metrics; save it into the run (refused, exit 2,
@@ -52,6 +54,9 @@ def fit(
     from nasbench.runners import latency
 
     set_quiet(quiet)
+    if lut:
+        latency.fit_lut(run_dir, holdout=holdout, seed=seed, force=force)
+        return
     latency.fit(run_dir, holdout=holdout, regressors=regressors, encoding=encoding,
                 use_macs=use_macs, folds=folds, seed=seed, force=force)
 

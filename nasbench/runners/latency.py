@@ -291,6 +291,60 @@ def fit(
                       candidates=scores, warnings=warnings, forced=bool(warnings))
 
 
+LUT = "latency_lut.json"
+
+
+def fit_lut(run: Run | str | os.PathLike, *, holdout: float = 0.25, seed: int = 0,
+            force: bool = False) -> LatencyFit:
+    """The OFA-style lookup table (`search.latency.LatencyLUT`): every block of the training
+    rows' subnets timed alone with the run's settings, plus the median residual as a constant;
+    held-out metrics and the trust checks as for `fit`; saved as `latency_lut.json`, usable as
+    a search's `predictors: {latency_ms_pred: PATH}`."""
+    import numpy as np
+
+    import supernets
+    from nasbench.progress import echo
+    from search.latency import LatencyLUT, LatencySettings
+    from search.predictors.metrics import kendall_tau, regression_metrics
+
+    if not 0 < holdout < 1:
+        raise UserError(f"--holdout must be in (0, 1), got {holdout}")
+    opened, table, _ = _latency_run(run)
+    build = dict(opened.manifest["supernet"])
+    net = supernets.create(build.pop("name"), **build).eval()
+    config = opened.manifest.get("config", {}).get("latency", {})
+    shape = None
+    if config.get("resolution") is not None:
+        shape = (int(net.build_config().get("in_chans", 3)), config["resolution"], config["resolution"])
+    order = np.random.default_rng(seed).permutation(len(table))
+    n_test = max(1, round(holdout * len(table)))
+    test, train = table.iloc[order[:n_test]], table.iloc[order[n_test:]]
+    lut = LatencyLUT(LatencySettings(**opened.manifest["settings"]))
+    lut.device = str(table["device"].iloc[0])  # the table's key: refits check it
+    lut.fit(net, train, input_shape=shape)
+    truth = test["latency_ms"].to_numpy(dtype=float)
+    archs = [net.space.parse(text) for text in test["arch"]]
+    metrics = regression_metrics(truth, lut.predict(net, archs, input_shape=shape))
+    metrics["macs_kendall_tau"] = kendall_tau(truth, test["macs"].to_numpy(dtype=float))
+    echo(f"lookup table: {len(lut.entries)} blocks, constant {lut.constant_ms:.3f} ms")
+    echo(f"held-out {format_metrics(metrics)}")
+    warnings = fit_warnings(len(test), float(metrics["mape"]), metrics)
+    for warning in warnings:
+        echo(f"warning: {warning}")
+    if warnings and not force:
+        reasons = "; ".join(w.split(": ", 1)[0] for w in warnings)
+        raise FitRefused(f"latency lookup table not saved: {reasons}; pass --force (force=True) "
+                         "to save it anyway")
+    with RunLock(opened.path):
+        path = lut.save(opened.path / LUT)
+        opened.update_manifest(latency_lut={"blocks": len(lut.entries), **metrics,
+                                            "warnings": warnings})
+    echo(f"lookup table -> {path}")
+    return LatencyFit(run=opened, predictor=path, model="lut", params={"blocks": len(lut.entries)},
+                      cv_mape=float(metrics["mape"]), holdout=dict(metrics), n_train=len(train),
+                      candidates=[], warnings=warnings, forced=bool(warnings))
+
+
 def evaluate(predictor_run: Run | str | os.PathLike, table_run: Run | str | os.PathLike) -> dict[str, float]:
     """Held-out style metrics of a saved latency predictor on another table (same device, space)."""
     from nasbench.runs import load_run

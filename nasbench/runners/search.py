@@ -200,7 +200,7 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
     if not info["trained"]:
         echo(f"warning: searching an UNTRAINED {info['family']} supernet (preset "
              f"{info['preset']}): accuracies only exercise the pipeline")
-    predictors = _load_predictors(config, net.space, keys)
+    predictors = _load_predictors(config, net, keys, _shape(data))
     drawn = FixedSubset.draw(data, bn_batches=config.evaluation.bn_batches,
                              val_batches=config.evaluation.val_batches, seed=config.run.seed)
     metric_names = list(dict.fromkeys(config.objectives + [c.column for c in constraints]))
@@ -336,7 +336,7 @@ def worker_metrics(config: dict, subset: FixedSubset, keys: dict[str, str],
     constraints = [search.parse_constraint(c, search.list_objectives()) for c in cfg.constraints]
     net, data, _ = load_supernet(cfg, cfg.evaluation.device)
     objectives, extra = _objectives(cfg, constraints, net, data, subset,
-                                    _load_predictors(cfg, net.space, keys))
+                                    _load_predictors(cfg, net, keys, _shape(data)))
     return {m.name: m for m in [*objectives, *extra] if m.name in names}
 
 
@@ -513,10 +513,16 @@ def _table_device(cfg: SearchConfig, keys: dict[str, str]) -> str:
     return ";".join(f"{column}={key}" for column, key in sorted(keys.items()))
 
 
-def _load_predictors(cfg: SearchConfig, space, keys: dict[str, str]) -> dict[str, Any]:
-    """Fitted predictors for `*_pred` objectives, refitted from their saved tables (no pickle);
-    a latency predictor fitted on another device (its column's key) or space is refused."""
-    from search.latency import LatencyPredictor
+def _shape(data) -> tuple[int, int, int]:
+    return (data.in_chans, data.resolution, data.resolution)
+
+
+def _load_predictors(cfg: SearchConfig, net, keys: dict[str, str], input_shape=None) -> dict[str, Any]:
+    """Fitted predictors for `*_pred` objectives, refitted from their saved tables (no pickle),
+    or a latency lookup table (`latency fit --lut`); one fitted on another device (its
+    column's key) or space is refused."""
+    from search.latency import LatencyLUT, LatencyPredictor
+    from search.latency.lut import is_lut_file
     from search.placement import split
     from search.predictors import AccuracyPredictor
     from search.predictors.base import PredictorError
@@ -526,7 +532,10 @@ def _load_predictors(cfg: SearchConfig, space, keys: dict[str, str]) -> dict[str
         base, _ = split(name)
         if base not in ("latency_ms_pred", "top1_pred") or (base == "top1_pred" and base != name):
             raise PredictorError(f"predictors.{name}: only latency_ms_pred[@DEVICE] and top1_pred exist")
-        if base == "latency_ms_pred":
+        space = net.space
+        if base == "latency_ms_pred" and is_lut_file(path):
+            out[name] = LatencyLUT.load(path, space, device=keys[name]).bound(net, input_shape)
+        elif base == "latency_ms_pred":
             out[name] = LatencyPredictor.load(path, space, device=keys[name])
         else:
             out[name] = AccuracyPredictor.load(path, space)

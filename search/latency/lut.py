@@ -142,6 +142,11 @@ class LatencyLUT:
                 input_shape: Sequence[int] | None = None) -> np.ndarray:
         return self.block_sums(supernet, archs, input_shape) + self.constant_ms
 
+    def bound(self, supernet: nn.Module, input_shape: Sequence[int] | None = None) -> BoundLUT:
+        """This table as a search predictor of `supernet`'s archs (`predict(archs)`)."""
+        self._check_space(supernet)
+        return BoundLUT(self, supernet, input_shape)
+
     def save(self, path: str | Path) -> Path:
         path = Path(path).with_suffix(".json")
         meta = {
@@ -175,3 +180,25 @@ class LatencyLUT:
         lut.constant_ms = float(meta["constant_ms"])
         lut.space_fingerprint = meta["space_fingerprint"]
         return lut
+
+
+def is_lut_file(path: str | Path) -> bool:
+    """True when `path` holds a lookup table (rather than a learned predictor)."""
+    try:
+        return json.loads(Path(path).with_suffix(".json").read_text()).get("format") == LUT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@dataclass
+class BoundLUT:
+    """A lookup table with the supernet and input shape it predicts for: blocks it has not
+    timed yet are timed on first use (on this machine: the table's device key is checked on
+    load), then summed like the rest."""
+
+    lut: LatencyLUT
+    supernet: nn.Module
+    input_shape: Sequence[int] | None = None
+
+    def predict(self, archs: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        return self.lut.predict(self.supernet, archs, self.input_shape)
