@@ -161,3 +161,66 @@ def test_natsbench_single_file(tmp_path, space_name):
     assert bench.space == space
     assert bench.query(archs[1])["top1"] == pytest.approx(71.0)
     assert bench.query(archs[0])["mflops"] == pytest.approx(10.0)
+
+
+class _EveryArchAPI:
+    """The three NAS-Bench-201 API calls the adapter makes, answered for every arch of the
+    space (a real file holds all 15,625; a fixture that big would take minutes to write)."""
+
+    def __init__(self):
+        self.index = {}
+
+    def query_index_by_arch(self, text):
+        return self.index.setdefault(text, len(self.index))
+
+    def get_more_info(self, index, dataset, hp, is_random):
+        return {"valid-accuracy": 50.0 + (index * 7919) % 500 / 10, "test-accuracy": 40.0}
+
+    def get_cost_info(self, index, dataset, hp):
+        return {"flops": 1.0, "params": 0.001 * (index % 97 + 1), "latency": 0.001 * (index % 89 + 1)}
+
+
+def _every_arch_bench():
+    from nasbench.tabular.published import PublishedBenchmark
+
+    return PublishedBenchmark("nas-bench-201", TOPOLOGY_SPACE, _EveryArchAPI(), "cifar100", "200",
+                              topology_string)
+
+
+def test_tabulate_queries_every_arch_once_and_keeps_its_values():
+    bench = _every_arch_bench()
+    table = bench.tabulate()
+    assert len(table.table) == 5 ** 6 and table.table["arch_id"].is_unique
+    arch = TOPOLOGY_SPACE.sample(7)
+    row = table.table.loc[TOPOLOGY_SPACE.arch_id(arch)]
+    got = bench.query(arch)
+    assert (row["top1"], row["latency_ms"], row["params"]) == (got["top1"], got["latency_ms"],
+                                                              got["params_m"] * 1e6)
+
+
+def test_tabulating_a_file_that_lacks_archs_is_one_line(tmp_path):
+    path = tmp_path / "NAS-Bench-201-tiny.pth"
+    torch.save(_nb201_dict(), path)
+    with pytest.raises(UserError, match="is not in the benchmark file"):
+        open_nasbench201(path, dataset="cifar10").tabulate()
+
+
+def test_bench_optimizers_runs_the_nb201_problems_on_the_users_file(tmp_path, monkeypatch):
+    import nasbench.bench.optimizers as bench_optimizers
+    from nasbench.bench.registry import BenchOptions, run_benchmark
+
+    tabulated = _every_arch_bench().tabulate()
+    opened = []
+    monkeypatch.setattr(bench_optimizers, "_nb201",
+                        lambda path, dataset: opened.append((path, dataset)) or tabulated)
+    report, _ = run_benchmark("optimizers", BenchOptions(out_dir=tmp_path, params={
+        "problems": ["nb201-cifar100"], "nb201": "/data/NAS-Bench-201.pth", "budgets": [10],
+        "seeds": 1, "optimizers": ["random", "nsga2"]}))
+    figures = report["figures"]
+    assert opened == [("/data/NAS-Bench-201.pth", "cifar100")]
+    assert figures["nb201"]["nb201-cifar100"] == 5 ** 6
+    result = figures["problems"]["nb201-cifar100"]
+    assert set(result["optimizers"]) == {"random", "nsga2"}
+    assert 0 < result["optimizers"]["nsga2"]["hv@10"]["mean"] <= 1
+    with pytest.raises(UserError, match="problem nb201-cifar10 needs nb201=PATH"):
+        run_benchmark("optimizers", BenchOptions(out_dir=tmp_path, params={"problems": ["nb201-cifar10"]}))

@@ -21,22 +21,36 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, model_validator
 
 from nasbench.bench.registry import BenchOptions, BenchSettings, OptimizerNames, benchmark, names_of
 
+NB201 = {"nb201-cifar10": "cifar10", "nb201-cifar100": "cifar100",
+         "nb201-ImageNet16-120": "ImageNet16-120"}
+"""NAS-Bench-201 problems (top1 x latency_ms over its 15,625 archs), on the user's file
+(`--set nb201=PATH`); cifar10's top1 is cifar10-valid's validation accuracy."""
 PROBLEMS: dict[str, list[str]] = {
     "top1-latency": ["top1", "latency_ms"],
     "top1-latency-params": ["top1", "latency_ms", "params"],
+    **{name: ["top1", "latency_ms"] for name in NB201},
 }
 # Optimizers per problem; None = every registered optimizer.
 PROBLEM_OPTIMIZERS: dict[str, list[str] | None] = {
     "top1-latency": None,
     "top1-latency-params": ["nsga2", "nsga3", "agemoea", "random"],
+    **{name: None for name in NB201},
 }
+DEFAULT_PROBLEMS = ["top1-latency", "top1-latency-params"]
 MAX_STALL = 50
 REF_MARGIN = 0.1
 CURVE_STEP = 5
+
+
+def _nb201(path: str | None, dataset: str):
+    """The user's NAS-Bench-201 file for `dataset`, every arch queried once."""
+    from nasbench.tabular.published import open_nasbench201
+
+    return open_nasbench201(path, dataset=dataset).tabulate()
 
 
 def reference_point(bench, names: Sequence[str], margin: float = REF_MARGIN) -> dict[str, float]:
@@ -163,8 +177,16 @@ class OptimizersSettings(BenchSettings):
     budgets: Annotated[list[PositiveInt], Field(min_length=1)] = [30, 60, 100]
     seeds: PositiveInt = 5
     optimizers: OptimizerNames | None = None  # None: PROBLEM_OPTIMIZERS
-    problems: names_of(tuple(PROBLEMS), "problem") = list(PROBLEMS)
+    problems: names_of(tuple(PROBLEMS), "problem") = DEFAULT_PROBLEMS
     max_stall: PositiveInt = MAX_STALL
+    nb201: str | None = None  # the NAS-Bench-201 .pth file, for the nb201-* problems
+
+    @model_validator(mode="after")
+    def _nb201_file(self) -> OptimizersSettings:
+        wanted = [p for p in self.problems if p in NB201]
+        if wanted and self.nb201 is None:
+            raise ValueError(f"problem {wanted[0]} needs nb201=PATH (the NAS-Bench-201 .pth file)")
+        return self
 
     quick_defaults = {"budgets": [20, 40], "seeds": 2}
 
@@ -178,20 +200,23 @@ def run(opts: BenchOptions) -> dict[str, Any]:
 
     s = OptimizersSettings.of(opts)
     table, budgets, max_stall = s.table, s.budgets, s.max_stall
-    bench = load_builtin(table)
+    builtin = load_builtin(table)
+    benches = {p: _nb201(s.nb201, NB201[p]) for p in s.problems if p in NB201}  # fail before work
     seeds = [opts.seed + i for i in range(s.seeds)]
     started = time.perf_counter()
     results = {}
     for problem in s.problems:
         names = list(s.optimizers or PROBLEM_OPTIMIZERS[problem] or search.list_optimizers())
-        results[problem] = compare(bench, PROBLEMS[problem], names, seeds, budgets,
-                                   max_stall=max_stall)
+        results[problem] = compare(benches.get(problem, builtin), PROBLEMS[problem], names, seeds,
+                                   budgets, max_stall=max_stall)
     wall = time.perf_counter() - started
     target = Path(opts.out_dir) / "optimizers.png"
     plot(results, target)
     return {
-        "table": {"path": str(table or table_path()), "archs": len(bench.table),
-                  **{k: v for k, v in bench.metadata.items() if k != "space"}},
+        "table": {"path": str(table or table_path()), "archs": len(builtin.table),
+                  **{k: v for k, v in builtin.metadata.items() if k != "space"}},
+        **({"nb201": {"path": s.nb201, **{p: len(b.table) for p, b in benches.items()}}}
+           if benches else {}),
         "budgets": budgets,
         "seeds": seeds,
         "optimizer_settings": "registry defaults (search.create_optimizer(name))",

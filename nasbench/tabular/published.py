@@ -89,6 +89,28 @@ class PublishedBenchmark:
             "latency_ms": float(latency) * 1000.0 if latency is not None and latency > 0 else float("nan"),
         }
 
+    def tabulate(self) -> Any:
+        """Every arch of the space queried once, as a `TabularBenchmark` (top1, test_top1,
+        latency_ms, params): what exhaustive comparisons (`bench optimizers`) need. A file that
+        lacks an arch is one line naming it."""
+        import itertools
+
+        import pandas as pd
+
+        from nasbench.tabular.builtin import TabularBenchmark
+
+        rows = []
+        names = [d.name for d in self.space.dims]
+        for values in itertools.product(*(d.choices for d in self.space.dims)):
+            arch = self.space.canonical(dict(zip(names, values, strict=True)))
+            got = self.query(arch)
+            rows.append({"arch_id": self.space.arch_id(arch), "arch": self.space.canonical_json(arch),
+                         "top1": got["top1"], "test_top1": got["test_top1"],
+                         "latency_ms": got["latency_ms"], "params": got["params_m"] * 1e6})
+        table = pd.DataFrame(rows).drop_duplicates("arch_id").set_index("arch_id", drop=False)
+        return TabularBenchmark(f"{self.name}-{self.dataset}", self.space, table,
+                                {"dataset": self.dataset, "hp": self.hp})
+
     def objectives(self, names: list[str]) -> list[Any]:
         from search.objectives import Objective
 
