@@ -451,3 +451,38 @@ def test_evaluations_to_reach_is_the_first_prefix_over_target():
     # HV of the prefixes: 0.25, 0.5, 1.0 (of a true 1.0)
     assert evaluations_to_reach(df, directions, ref, 1.0, [0.2, 0.3, 0.5, 0.9, 1.01]) == {
         0.2: 1, 0.3: 2, 0.5: 2, 0.9: 3, 1.01: None}
+
+
+def test_linas_zc_features_join_the_encoding_its_predictors_see(tabular, monkeypatch):
+    """`zc_features: [nwot]`: every regressor LINAS fits gets the one-hot encoding plus the
+    arch's signed-log proxy score, each arch scored once."""
+    import search.optimizers.linas as linas
+
+    space = tabular.space
+    score = {aid: 10.0 ** (i % 5) for i, aid in enumerate(sorted(tabular.table.index))}
+    scored = []
+
+    def scorer(archs, proxy):
+        scored.extend(space.arch_id(a) for a in archs)
+        return [score[space.arch_id(a)] for a in archs]
+
+    seen = []
+    fit = linas.fit_quietly
+
+    def recording_fit(model, X, y):
+        seen.append(np.array(X))
+        return fit(model, X, y)
+
+    monkeypatch.setattr(linas, "fit_quietly", recording_fit)
+    df = run_search(tabular, "linas", 14, scorer, pop_size=6, inner_generations=3,
+                    zc_features=["nwot"], regressors=["ridge"])
+    width = int(space.num_choices.sum())
+    assert seen and all(X.shape[1] == width + 1 for X in seen)
+    first = seen[0]
+    rows = df.iloc[: len(first)]
+    assert np.allclose(first[:, -1], np.log1p([score[a] for a in rows["arch_id"]]))
+    assert len(scored) == len(set(scored))  # cached: no arch scored twice
+    import search
+
+    with pytest.raises(UserError, match="unknown zero-cost proxy 'zen'"):
+        search.create_optimizer("linas", zc_features=["zen"])

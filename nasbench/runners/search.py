@@ -246,7 +246,8 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
             if backend is not None:
                 run.update_manifest(ray_workers=backend.describe())
             scorer = None
-            if getattr(optimizer, "zc_warm_start", None) is not None:  # ranks a pool for free
+            if getattr(optimizer, "zc_warm_start", None) is not None or getattr(
+                    optimizer, "zc_features", None):  # proxies rank a pool / feed the predictors
                 scorer = search.zero_cost.ArchScorer.for_supernet(
                     net, subset.calib_batches(data), device=config.evaluation.device)
             problem = search.SearchProblem(evaluator, constraints, zero_cost=scorer)

@@ -22,7 +22,7 @@ import pydantic
 from search.evaluations import BudgetExhausted
 from search.optimizers.base import Optimizer, PositiveInt, register_optimizer, settings_dataclass
 from search.optimizers.pymoo_search import initial_sampling, integer_operators, rank_rows
-from search.optimizers.zc_warm_start import ZCWarmStart, warm_start_archs
+from search.optimizers.zc_warm_start import ProxyFeatures, ProxyName, ZCWarmStart, warm_start_archs
 from search.predictors import make_regressor, select_regressor
 from search.predictors.regressors import fit_quietly
 from search.problem import PymooProblem, SearchProblem
@@ -38,10 +38,13 @@ class LINAS(Optimizer):
     folds: Annotated[int, pydantic.Field(ge=2)] = 3
     seed_extremes: bool = True
     zc_warm_start: ZCWarmStart | None = None
+    zc_features: list[ProxyName] = field(default_factory=list)
+    """Zero-cost proxies whose scores join the one-hot encoding as predictor features."""
 
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:
         ev = problem.evaluator
         rng = np.random.default_rng(seed)
+        proxy_features = ProxyFeatures(problem, self.zc_features)
         try:
             fresh = len(ev.df) == 0
             if fresh and self.seed_extremes:
@@ -52,7 +55,7 @@ class LINAS(Optimizer):
             stall = 0
             while ev.remaining > 0 and stall < self.max_stall:
                 before = ev.n_new
-                picks = self._propose(problem, seed + problem.generation)
+                picks = self._propose(problem, seed + problem.generation, proxy_features)
                 k = int(min(self.pop_size, ev.remaining))
                 new = [a for a in picks if not ev.has(a)][:k]
                 problem.generation += 1
@@ -77,13 +80,19 @@ class LINAS(Optimizer):
         if picks:
             ev.evaluate(list(picks.values()), problem.generation)
 
-    def _propose(self, problem: SearchProblem, seed: int) -> list[dict]:
+    def _propose(self, problem: SearchProblem, seed: int, proxy_features: ProxyFeatures) -> list[dict]:
         """Archs ranked best-first by NSGA-II on the predicted objectives and constraints."""
         from pymoo.algorithms.moo.nsga2 import NSGA2
         from pymoo.optimize import minimize
 
         space, df = problem.space, problem.evaluator.df
-        X = one_hot_rows(space, np.stack([space.encode(space.parse(a)) for a in df["arch"]]))
+        def features(idx: np.ndarray) -> np.ndarray:
+            feats = one_hot_rows(space, idx)
+            if not proxy_features.proxies:
+                return feats
+            return np.hstack([feats, proxy_features([space.decode(x) for x in np.atleast_2d(idx)])])
+
+        X = features(np.stack([space.encode(space.parse(a)) for a in df["arch"]]))
         columns = list(problem.directions)
         columns += [c.column for c in problem.constraints if c.column not in columns]
         exact = {m.name: m.batch for m in problem.evaluator.metrics
@@ -98,7 +107,7 @@ class LINAS(Optimizer):
                                       X[ok], y[ok])
 
         def predict(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-            feats = one_hot_rows(space, idx)
+            feats = features(idx)
             values = {c: m.predict(feats) for c, m in models.items()}
             if exact:
                 archs = [space.decode(x) for x in np.atleast_2d(idx)]

@@ -25,13 +25,16 @@ def _proxy_name(name: str) -> str:
     return name
 
 
+ProxyName = Annotated[str, pydantic.AfterValidator(_proxy_name)]
+
+
 class ZCWarmStart(pydantic.BaseModel):
     """Score `pool` distinct random archs with `proxy`; the `top` best are measured first.
     (A model, not a settings dataclass: a strict dataclass field takes no dict from YAML.)"""
 
     model_config = pydantic.ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    proxy: Annotated[str, pydantic.AfterValidator(_proxy_name)]
+    proxy: ProxyName
     pool: PositiveInt = 500
     top: PositiveInt = 20
 
@@ -57,3 +60,27 @@ def distinct_sample(space, n: int, rng: np.random.Generator) -> list[dict]:
         arch = space.canonical(space.sample(rng))
         seen.setdefault(space.arch_id(arch), arch)
     return list(seen.values())
+
+
+class ProxyFeatures:
+    """Zero-cost scores of archs as predictor features (LINAS `zc_features`), each arch scored
+    once per proxy; signed log scale, since proxies span orders of magnitude."""
+
+    def __init__(self, problem: SearchProblem, proxies: list[str]):
+        if proxies and problem.zero_cost is None:
+            raise UserError("zc_features needs a zero-cost scorer (SearchProblem(zero_cost=...))")
+        self.problem, self.proxies = problem, list(proxies)
+        self._cache: dict[tuple[str, str], float] = {}
+
+    def __call__(self, archs: list[dict]) -> np.ndarray:
+        space = self.problem.space
+        ids = [space.arch_id(a) for a in archs]
+        columns = []
+        for proxy in self.proxies:
+            todo = {aid: a for aid, a in zip(ids, archs, strict=True) if (proxy, aid) not in self._cache}
+            if todo:
+                scores = self.problem.zero_cost(list(todo.values()), proxy)
+                self._cache.update({(proxy, aid): float(v) for aid, v in zip(todo, scores, strict=True)})
+            columns.append([self._cache[(proxy, aid)] for aid in ids])
+        z = np.nan_to_num(np.asarray(columns, dtype=float).T.reshape(len(archs), len(self.proxies)))
+        return np.sign(z) * np.log1p(np.abs(z))
