@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -241,6 +242,9 @@ class StepContext:
 def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, members: list[Member]) -> dict:
     """One optimizer step over `members` (largest first); returns detached losses by role.
 
+    Under DDP the members' gradients accumulate locally (`no_sync`) and the last backward
+    all-reduces them once: one all-reduce per step instead of one per member.
+
     The largest learns from the labels (label-smoothed); the others distill from the external
     teacher's logits when there is one, else from the largest's (in-place distillation). A
     `uniform` member learns from the labels, or from the external teacher when there is one.
@@ -252,18 +256,21 @@ def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, members: list
         with torch.no_grad(), _autocast(ctx):
             target = ctx.teacher(x).float()
     losses: dict[str, list[torch.Tensor]] = {}
-    for member in members:
+    no_sync = getattr(ctx.model, "no_sync", None)  # DDP: accumulate locally, reduce once
+    for i, member in enumerate(members):
         ctx.net.set_active(member.arch)
         if ctx.regularization is not None:
             ctx.regularization.apply(member.arch)
-        with _autocast(ctx):
-            logits = ctx.model(prepare_input(x, member.arch))
-        logits = logits.float()
-        if member.role == "largest" or (member.role == "uniform" and ctx.teacher is None):
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        else:
-            loss = distill_loss(logits, target, cfg.distill_temperature)
-        ctx.scaler.scale(loss).backward()
+        quiet = no_sync() if no_sync is not None and i < len(members) - 1 else nullcontext()
+        with quiet:
+            with _autocast(ctx):
+                logits = ctx.model(prepare_input(x, member.arch))
+            logits = logits.float()
+            if member.role == "largest" or (member.role == "uniform" and ctx.teacher is None):
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            else:
+                loss = distill_loss(logits, target, cfg.distill_temperature)
+            ctx.scaler.scale(loss).backward()
         if member.role == "largest" and ctx.teacher is None:
             target = logits.detach()
         losses.setdefault(member.role, []).append(loss.detach())
