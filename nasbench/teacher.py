@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from nasbench.config import StrictModel
-from nasbench_core.errors import CheckpointError, ConfigError
+from nasbench_core.errors import ConfigError
 from supernets.base import prepare_input
 
 KEY = "train.teacher"
@@ -99,16 +99,10 @@ def _timm_teacher(section: TeacherSection, in_chans: int) -> nn.Module:
     model = create_timm_model(section.from_timm, section.pretrained, None, in_chans)
     if section.weights is None:
         return model
+    from supernets.timm_bridge import load_timm_state
+
     state = _read_weights(section.weights)  # safetensors or weights_only: never unpickled
-    head = state.get(f"{model.pretrained_cfg.get('classifier', 'head')}.weight")
-    if head is not None and head.ndim == 2 and head.shape[0] != model.num_classes:
-        model.reset_classifier(int(head.shape[0]))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise CheckpointError(f"{KEY}.weights={str(section.weights)!r} does not fit timm model "
-                              f"{section.from_timm!r}: {lines[-1]}") from None
+    load_timm_state(model, state, f"{KEY}.weights={str(section.weights)!r}", section.from_timm)
     return model
 
 

@@ -326,3 +326,19 @@ def _describe_mbv3(m: nn.Module) -> tuple[str, dict[str, Any], ModuleMap]:
         "resolutions": _resolutions(size), "divisor": 8,
     }
     return "mbv3", kwargs, module_map
+
+
+def load_timm_state(model: nn.Module, state: dict[str, torch.Tensor], what: str, name: str) -> None:
+    """A saved state dict into timm `model`: its head is first resized to the file's classes
+    (the caller replaces it afterwards if the data has others); a mismatch is one line naming
+    `what` and torch's last line."""
+    from nasbench_core.errors import CheckpointError
+
+    head = state.get(f"{model.pretrained_cfg.get('classifier', 'head')}.weight")
+    if head is not None and head.ndim == 2 and head.shape[0] != model.num_classes:
+        model.reset_classifier(int(head.shape[0]))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise CheckpointError(f"{what} does not fit timm model {name!r}: {lines[-1]}") from None

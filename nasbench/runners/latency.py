@@ -205,6 +205,21 @@ def fit_warnings(n_test: int, cv_mape: float, holdout: dict[str, float]) -> list
     return out
 
 
+def trusted_or_refused(what: str, n_test: int, cv_mape: float, holdout: dict[str, float],
+                       force: bool) -> list[str]:
+    """`fit_warnings`, each printed; unless `force`, any of them refuses the fit in one line
+    (nothing is written)."""
+    from nasbench.progress import echo
+
+    warnings = fit_warnings(n_test, cv_mape, holdout)
+    for warning in warnings:
+        echo(f"warning: {warning}")
+    if warnings and not force:
+        reasons = "; ".join(w.split(": ", 1)[0] for w in warnings)
+        raise FitRefused(f"{what} not saved: {reasons}; pass --force (force=True) to save it anyway")
+    return warnings
+
+
 def format_metrics(m: dict[str, float]) -> str:
     """One line: the predictor's held-out numbers with the MACs proxy's tau beside them."""
     line = (f"n={m['n']}  Kendall tau {m['kendall_tau']:.3f}")
@@ -269,13 +284,7 @@ def fit(
     sel = predictor.selection
     echo(f"chosen by {folds}-fold CV: {sel.name} {sel.params} (CV MAPE {-100 * sel.cv_score:.2f}%)")
     echo(f"held-out {format_metrics(metrics)}")
-    warnings = fit_warnings(len(test), -100 * sel.cv_score, metrics)
-    for warning in warnings:
-        echo(f"warning: {warning}")
-    if warnings and not force:
-        reasons = "; ".join(w.split(": ", 1)[0] for w in warnings)
-        raise FitRefused(f"latency predictor not saved: {reasons}; pass --force (force=True) "
-                         "to save it anyway")
+    warnings = trusted_or_refused("latency predictor", len(test), -100 * sel.cv_score, metrics, force)
     scores = sel.scores.to_dict("records")
     with RunLock(opened.path):  # one writer per run: a measurement may still be appending
         path = predictor.refit(table).save(opened.path / PREDICTOR)
@@ -328,13 +337,8 @@ def fit_lut(run: Run | str | os.PathLike, *, holdout: float = 0.25, seed: int = 
     metrics["macs_kendall_tau"] = kendall_tau(truth, test["macs"].to_numpy(dtype=float))
     echo(f"lookup table: {len(lut.entries)} blocks, constant {lut.constant_ms:.3f} ms")
     echo(f"held-out {format_metrics(metrics)}")
-    warnings = fit_warnings(len(test), float(metrics["mape"]), metrics)
-    for warning in warnings:
-        echo(f"warning: {warning}")
-    if warnings and not force:
-        reasons = "; ".join(w.split(": ", 1)[0] for w in warnings)
-        raise FitRefused(f"latency lookup table not saved: {reasons}; pass --force (force=True) "
-                         "to save it anyway")
+    warnings = trusted_or_refused("latency lookup table", len(test), float(metrics["mape"]),
+                                  metrics, force)
     with RunLock(opened.path):
         path = lut.save(opened.path / LUT)
         opened.update_manifest(latency_lut={"blocks": len(lut.entries), **metrics,

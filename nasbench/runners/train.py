@@ -103,17 +103,10 @@ def _timm_model(section: SupernetSection, num_classes: int, in_chans: int):
                          None if keeps_stem else num_classes, None if keeps_stem else in_chans)
     if section.weights is not None:
         from nasbench.runners.prune import _read_weights
+        from supernets.timm_bridge import load_timm_state
 
-        state = _read_weights(section.weights)
-        head = state.get(f"{model.pretrained_cfg.get('classifier', 'head')}.weight")
-        if head is not None and head.ndim == 2 and head.shape[0] != model.num_classes:
-            model.reset_classifier(int(head.shape[0]))  # the file's own classes, replaced below
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-            raise UserError(f"supernet.weights={str(section.weights)!r} does not fit timm model "
-                            f"{section.from_timm!r}: {lines[-1]}") from None
+        load_timm_state(model, _read_weights(section.weights),
+                        f"supernet.weights={str(section.weights)!r}", section.from_timm)
     if keeps_stem:
         have = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
         if have != in_chans:
