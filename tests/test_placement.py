@@ -43,6 +43,11 @@ def test_one_search_carries_two_latency_columns_each_with_its_device_key(tmp_pat
     parts = dict(p.split("=", 1) for p in device.split(";"))
     assert sorted(parts) == ["latency_ms", "latency_ms@cpu"]
     assert parts["latency_ms"] == parts["latency_ms@cpu"]  # both measured on this CPU
+    import json
+
+    state = json.loads(read_metadata(run.path / "evaluations.parquet")["machine_state"])
+    assert set(state) >= {"loadavg_1m", "cpu_freq_mhz"} and state["cpu_count"] >= 1
+    assert set(run.manifest["machine_state"]) == {"start", "end"}
 
 
 def test_a_plain_latency_column_keeps_the_plain_device_key(tmp_path):

@@ -11,6 +11,7 @@ allowed to try the pipeline and labelled as such.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -238,7 +239,7 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
             evaluator = search.Evaluator(net.space, objectives, extra=extra, table=table,
                                          device=device, seed=config.run.seed,
                                          budget=max(0, config.budget - done), on_update=persist,
-                                         log=journal, provenance={"calibration": subset.id},
+                                         log=journal, provenance=_provenance(subset, keys),
                                          backend=backend)
             if not table_path.exists() or len(evaluator.df) > done:
                 # the metadata (and imported rows) are on disk before the journal's first row
@@ -264,6 +265,11 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
         if not info["trained"]:
             title += " (UNTRAINED supernet)"
         _save_plot(df, evaluator.directions, x, y, feasible, title, run.path / "pareto.png")
+        if keys:  # latency was timed or predicted: how busy the machine was, start and end
+            from search.latency.device import machine_state
+
+            run.update_manifest(machine_state={"start": json.loads(evaluator.provenance["machine_state"]),
+                                               "end": machine_state()})
         run.update_manifest(evaluations=own_rows(df), imported=len(df) - own_rows(df),
                             pareto=len(front), feasible=int(feasible.sum()))
         echo(f"{len(df)} evaluations, {len(front)} on the Pareto front -> {run.path}")
@@ -397,6 +403,17 @@ def _with_imported(table, sources: list[Any], metrics: list[str]) -> Any:
     base = empty_table(metrics) if table is None else table
     imported = table_dtypes(imported.reindex(columns=base.columns))
     return pd.concat([base, imported], ignore_index=True) if len(base) else imported
+
+
+def _provenance(subset: FixedSubset, keys: dict[str, str]) -> dict[str, str]:
+    """Table metadata beyond the metrics: the calibration subset's id and, when latency is in
+    the table, the load average and CPU clock as the search began (`machine_state`)."""
+    from search.latency.device import machine_state
+
+    out = {"calibration": subset.id}
+    if keys:
+        out["machine_state"] = json.dumps(machine_state())
+    return out
 
 
 def _absolute_budget(budget: int | str, resume: Path | None) -> int:
