@@ -131,3 +131,16 @@ def test_cli_refuses_a_wrong_type_in_one_line_without_a_report(cli, tmp_path, mo
     assert not list(tmp_path.iterdir())
     typo = cli("bench", "mos", "--quick", "--set", "bach=8", "--out-dir", str(tmp_path))
     assert typo.code == 2 and "has no option 'bach'" in typo.err
+
+
+def test_a_run_of_some_parts_keeps_the_other_parts_figures():
+    from nasbench.bench.registry import merged_figures
+
+    previous = {"timestamp": "t0", "figures": {"speed": {"x": 1}, "quality": {"y": 2}},
+                "figure_times": {"speed": "t0", "quality": "t-1"}}
+    figures, times = merged_figures(previous, {"speed": {"x": 3}}, "t1")
+    assert figures == {"quality": {"y": 2}, "speed": {"x": 3}}
+    assert times == {"quality": "t-1", "speed": "t1"}
+    assert merged_figures(None, {"speed": 1}, "t1") == ({"speed": 1}, {"speed": "t1"})
+    older = {"timestamp": "t0", "figures": {"dp_solve": 5}}  # a report from before figure_times
+    assert merged_figures(older, {"speed": 1}, "t1")[1] == {"dp_solve": "t0", "speed": "t1"}

@@ -172,16 +172,50 @@ def run_benchmark(name: str, opts: BenchOptions) -> tuple[dict[str, Any], Path]:
     settings = BENCHMARKS.validate(name, opts.params, where="--set").resolve(opts.quick)
     started = time.perf_counter()
     figures = bench.run(dataclasses.replace(opts, settings=settings))
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    target = Path(opts.out_dir) / f"{name}.json"
+    previous = _previous_report(target, name, opts.quick) if _some_parts(settings) else None
+    figures, times = merged_figures(previous, figures, now)
     report = {
         "benchmark": name,
-        "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": now,
         "quick": opts.quick,
         "seed": opts.seed,
         "params": opts.params,
         "wall_s": round(time.perf_counter() - started, 3),
         "environment": environment(opts.device),
         "figures": figures,
+        "figure_times": times,
     }
-    target = Path(opts.out_dir) / f"{name}.json"
     atomic_write_text(target, json.dumps(report, indent=2, default=str))
     return report, target
+
+
+def _some_parts(settings: BenchSettings) -> bool:
+    """True when a benchmark with `parts` ran only some of them."""
+    field_info = type(settings).model_fields.get("parts")
+    return field_info is not None and set(settings.parts) != set(field_info.default)
+
+
+def _previous_report(target: Path, name: str, quick: bool) -> dict[str, Any] | None:
+    """The report a partial run adds to: the same benchmark at the same size, if readable."""
+    try:
+        old = json.loads(target.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(old, dict) or old.get("benchmark") != name or old.get("quick") != quick:
+        return None
+    return old
+
+
+def merged_figures(previous: dict[str, Any] | None, figures: dict[str, Any],
+                   now: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """A run of some parts replaces their figures and keeps the others' from `previous`, each
+    figure with the time it was measured (`figure_times`), so one part never erases another."""
+    times = {key: now for key in figures}
+    if previous is None:
+        return figures, times
+    kept = {k: v for k, v in previous.get("figures", {}).items() if k not in figures}
+    old_times = previous.get("figure_times") or {}
+    return {**kept, **figures}, {**{k: old_times.get(k, previous.get("timestamp", "")) for k in kept},
+                                 **times}
