@@ -106,3 +106,21 @@ def test_training_layout_does_not_change_results(family):
     with_grad = net(x)  # channels-last path (CPU training layout)
     with torch.no_grad():
         torch.testing.assert_close(with_grad.detach(), net(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["mbv3", "resnet"])
+def test_training_on_cuda_runs_channels_last(family):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from supernets.base import training_layout
+
+    x = torch.randn(2, 3, 32, 32, device="cuda")
+    assert training_layout(x).is_contiguous(memory_format=torch.channels_last)
+    net = supernets.create(family, preset="tiny").cuda().eval()
+    arch = net.space.sample(4)
+    net.set_active(arch)
+    x = torch.randn(2, 3, arch["resolution"], arch["resolution"], device="cuda")
+    with torch.no_grad():
+        expected = net(x)
+    torch.testing.assert_close(net(x).detach(), expected, atol=1e-4, rtol=1e-4)
