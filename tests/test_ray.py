@@ -375,3 +375,34 @@ def test_bench_search_ray_quick_finds_the_same_table_on_every_worker_count(head,
     figures = report["figures"]
     assert all(figures["tables_identical"].values())
     assert figures["ray_1_worker"]["evaluations"] == figures["ray_2_workers"]["evaluations"] == 8
+
+
+AFTER_A_TOKEN_CLUSTER = """
+import os, secrets, sys
+token = sys.argv[1]
+open(token, "w").write(secrets.token_hex(32))
+os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+from nasbench.distributed.ray_private import use_local_cluster_token
+use_local_cluster_token("127.0.0.1:1")  # what connecting to a token cluster leaves cached:
+from ray._raylet import AuthenticationTokenLoader
+assert AuthenticationTokenLoader.instance().has_token()  # the mode and the token, once read
+os.environ.pop("RAY_AUTH_MODE"); os.environ.pop("RAY_AUTH_TOKEN_PATH"); os.remove(token)
+import ray
+from nasbench.distributed.train import ray_session
+with ray_session(None):
+    print("local ray answered", ray.get(ray.remote(lambda: 41).remote()) + 1)
+"""
+
+
+def test_a_local_ray_starts_after_this_process_talked_to_a_token_cluster(tmp_path):
+    """Ray caches the auth mode and token: a driver that once joined a token cluster used to
+    start its own Ray expecting a token it never made ("Failed to start GCS")."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NASBENCH_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    for key in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS"):
+        env.pop(key, None)
+    done = subprocess.run([sys.executable, "-c", AFTER_A_TOKEN_CLUSTER, str(tmp_path / "token")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert "local ray answered 42" in done.stdout, done.stderr[-2000:]

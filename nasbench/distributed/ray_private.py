@@ -11,7 +11,10 @@ module is the only one to check.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+from collections.abc import Iterator
 
 LOOPBACK = "127.0.0.1"
 
@@ -46,3 +49,30 @@ def use_local_cluster_token(address: str) -> None:
     os.environ["RAY_AUTH_MODE"] = "token"
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def local_ray_auth() -> Iterator[None]:
+    """Auth for a Ray started in this process, following the environment as it is now.
+
+    Ray caches the auth mode at import and after `use_local_cluster_token`, so a process that
+    once talked to a token cluster would start its own Ray expecting a token it never made
+    (GCS: "Authentication token is missing"). With `RAY_AUTH_MODE=token` and no token given, a
+    fresh token is made for this Ray's lifetime (0600 is moot: it lives only in this process's
+    environment, which its workers inherit).
+    """
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    made = (os.environ.get("RAY_AUTH_MODE") == "token" and not os.environ.get("RAY_AUTH_TOKEN")
+            and not os.environ.get("RAY_AUTH_TOKEN_PATH"))
+    if made:
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    try:
+        yield
+    finally:
+        if made:
+            os.environ.pop("RAY_AUTH_TOKEN", None)
+            Config.initialize("")
+            AuthenticationTokenLoader.instance().reset_cache()

@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nasbench.distributed.ray_private import LOOPBACK, keep_ray_on_loopback, use_local_cluster_token
+from nasbench.distributed.ray_private import (
+    LOOPBACK,
+    keep_ray_on_loopback,
+    local_ray_auth,
+    use_local_cluster_token,
+)
 from nasbench_core.errors import UserError
 
 EpochHook = Callable[[int, int, bool], None]
@@ -175,13 +180,16 @@ def ray_session(address: str | None) -> Iterator[None]:
     target = address or os.environ.get("RAY_ADDRESS")  # set inside a Ray job
     if target is None or _is_loopback(target):
         kwargs.update(keep_ray_on_loopback())
-    if address is not None:
-        use_local_cluster_token(address)
-    ray.init(address=address, **kwargs)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    with contextlib.ExitStack() as stack:
+        if address is not None:
+            use_local_cluster_token(address)
+        elif target is None:  # a Ray started here: auth as the environment says now
+            stack.enter_context(local_ray_auth())
+        ray.init(address=address, **kwargs)
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def _is_loopback(address: str) -> bool:
