@@ -47,6 +47,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "depths": [12, 13, 14], "heads": [3, 4], "mlp_ratios": [3.5, 4.0], "head_dim": 64,
         "qkv_bias": True, "eps": 1e-6,
     },
+    "autoformer_s": {  # AutoFormer-S (Chen et al. 2021, Table 1)
+        "img_size": 224, "patch_size": 16, "embed_dims": [320, 384, 448],
+        "depths": [12, 13, 14], "heads": [5, 6, 7], "mlp_ratios": [3.0, 3.5, 4.0],
+        "head_dim": 64, "qkv_bias": True, "eps": 1e-6,
+    },
+    "autoformer_b": {  # AutoFormer-B: Q-K-V dim = heads x 64 (512-640), so not tied to embed
+        "img_size": 224, "patch_size": 16, "embed_dims": [528, 576, 624],
+        "depths": [14, 15, 16], "heads": [8, 9, 10], "mlp_ratios": [3.0, 3.5, 4.0],
+        "head_dim": 64, "qkv_bias": True, "eps": 1e-6,
+    },
     "tiny": {
         "img_size": 32, "patch_size": 8, "embed_dims": [32, 48, 64], "depths": [2, 3, 4],
         "heads": [2, 4], "mlp_ratios": [2.0, 3.0, 4.0], "head_dim": 16, "qkv_bias": True,
