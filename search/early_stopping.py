@@ -1,0 +1,197 @@
+"""Learning-curve early stopping for train-from-scratch evaluation (Baker et al. 2018).
+
+Training an arch to the end costs `horizon` epochs, and most archs end up dominated. Baker et
+al. ("Accelerating Neural Architecture Search using Performance Prediction") predict the final
+accuracy from a partial learning curve with sequential regression models: one ν-SVR (RBF
+kernel) per curve length t, on the arch's features, the curve so far and its first and second
+differences. An arch stops when the probability that its final accuracy reaches what it needs
+is below Δ, with the prediction error taken as Gaussian, its std the model's cross-validated
+residual std.
+
+What an arch "needs" is where this goes past the paper's single objective: its costs
+(latency, MACs, params) are known before it trains, so it can only join the Pareto front by
+beating the best accuracy among the front points that cost no more in every cost
+(`needed_accuracy`). An arch cheaper than every front point needs nothing and always trains on.
+
+Only complete curves train the regressors (a stopped arch has no final value), so the models
+learn from the archs that were worth finishing, as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm
+
+
+def curve_features(features: np.ndarray, prefixes: np.ndarray) -> np.ndarray:
+    """Rows of [arch features, y_1..y_t, first differences, second differences]."""
+    prefixes = np.atleast_2d(np.asarray(prefixes, dtype=float))
+    parts = [np.atleast_2d(np.asarray(features, dtype=float)), prefixes]
+    if prefixes.shape[1] > 1:
+        parts.append(np.diff(prefixes, n=1, axis=1))
+    if prefixes.shape[1] > 2:
+        parts.append(np.diff(prefixes, n=2, axis=1))
+    return np.hstack(parts)
+
+
+class CurveRegressor:
+    """Sequential regression models f_t: (arch, y_1..y_t) -> y_horizon, for t < horizon.
+
+    Each f_t learns the gain still to come, y_horizon - y_t, and adds it to y_t: late in a
+    curve that gain is small, so an RBF model's smoothing costs little, where regressing
+    y_horizon itself made f_9 worse than simply taking the last value."""
+
+    def __init__(self, horizon: int, *, folds: int = 5) -> None:
+        if horizon < 2:
+            raise ValueError(f"a learning curve needs at least 2 epochs, got horizon={horizon}")
+        self.horizon = horizon
+        self.folds = folds
+        self.models: dict[int, object] = {}
+        self.residual_std: dict[int, float] = {}
+
+    @staticmethod
+    def _model():
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+        from sklearn.svm import NuSVR
+
+        return make_pipeline(StandardScaler(), NuSVR(kernel="rbf", nu=0.5, C=1.0))
+
+    def fit(self, features: np.ndarray, curves: np.ndarray) -> CurveRegressor:
+        """Fit f_t for every t on complete `curves` (n x horizon) of archs with `features`."""
+        from sklearn.model_selection import KFold, cross_val_predict
+
+        curves = np.asarray(curves, dtype=float)
+        if curves.ndim != 2 or curves.shape[1] != self.horizon:
+            raise ValueError(f"curves must be n x {self.horizon}, got shape {curves.shape}")
+        folds = KFold(n_splits=min(self.folds, len(curves)), shuffle=True, random_state=0)
+        for t in range(1, self.horizon):
+            X = curve_features(features, curves[:, :t])
+            gain = curves[:, -1] - curves[:, t - 1]
+            held_out = cross_val_predict(self._model(), X, gain, cv=folds)
+            self.residual_std[t] = float(np.std(gain - held_out, ddof=1))
+            self.models[t] = self._model().fit(X, gain)
+        return self
+
+    def predict(self, features: np.ndarray, prefixes: np.ndarray) -> tuple[np.ndarray, float]:
+        """Predicted final values for curves of one length t, and f_t's residual std."""
+        prefixes = np.atleast_2d(np.asarray(prefixes, dtype=float))
+        t = prefixes.shape[1]
+        if t not in self.models:
+            raise ValueError(f"no model for curves of length {t} (fitted: 1..{self.horizon - 1})")
+        X = curve_features(np.atleast_2d(features), prefixes)
+        return prefixes[:, -1] + self.models[t].predict(X), self.residual_std[t]
+
+
+def needed_accuracy(front_acc: np.ndarray, front_costs: np.ndarray, costs: np.ndarray) -> float:
+    """The accuracy an arch with `costs` must beat to be non-dominated by the front.
+
+    Front point j dominates the arch when it costs no more in every cost (all minimised) and
+    is at least as accurate; so the arch needs more than the best such point's accuracy, and
+    -inf when no front point is that cheap."""
+    front_costs = np.atleast_2d(np.asarray(front_costs, dtype=float))
+    if front_costs.size == 0:
+        return -np.inf
+    cheaper = (front_costs <= np.asarray(costs, dtype=float)).all(axis=1)
+    return float(np.max(np.asarray(front_acc, dtype=float)[cheaper])) if cheaper.any() else -np.inf
+
+
+@dataclass
+class CurveStopper:
+    """Decides after each epoch whether an arch's training goes on; learns from complete curves.
+
+    `min_curves` complete curves are needed before anything is stopped; no arch stops before
+    `min_epochs`; the models are refitted after every `refit_every` new complete curves."""
+
+    horizon: int
+    min_epochs: int = 3
+    min_curves: int = 10
+    delta: float = 0.05
+    refit_every: int = 5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_epochs < self.horizon:
+            raise ValueError(f"min_epochs must be in 1..{self.horizon - 1}, got {self.min_epochs}")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
+        if self.min_curves < 2:
+            raise ValueError(f"min_curves must be >= 2, got {self.min_curves}")
+        self._features: list[np.ndarray] = []
+        self._curves: list[np.ndarray] = []
+        self._regressor: CurveRegressor | None = None
+        self._fitted_on = 0
+
+    def add_complete(self, features: np.ndarray, curve: np.ndarray) -> None:
+        curve = np.asarray(curve, dtype=float)
+        if curve.shape != (self.horizon,):
+            raise ValueError(f"a complete curve has {self.horizon} epochs, got {curve.shape}")
+        self._features.append(np.asarray(features, dtype=float))
+        self._curves.append(curve)
+
+    def _current(self) -> CurveRegressor | None:
+        n = len(self._curves)
+        if n < self.min_curves:
+            return None
+        if self._regressor is None or n - self._fitted_on >= self.refit_every:
+            self._regressor = CurveRegressor(self.horizon).fit(np.vstack(self._features),
+                                                               np.vstack(self._curves))
+            self._fitted_on = n
+        return self._regressor
+
+    def probability_of_reaching(self, features: np.ndarray, prefix: np.ndarray, needed: float) -> float:
+        """P(final accuracy > needed) under the Gaussian error model; 1.0 while nothing is fitted."""
+        if not np.isfinite(needed):
+            return 1.0
+        regressor = self._current()
+        if regressor is None:
+            return 1.0
+        mean, std = regressor.predict(features, np.asarray(prefix, dtype=float)[None, :])
+        return float(norm.sf(needed, loc=float(mean[0]), scale=max(std, 1e-6)))
+
+    def should_stop(self, features: np.ndarray, prefix: np.ndarray, needed: float) -> bool:
+        """Stop after `len(prefix)` epochs when P(final > needed) < delta."""
+        if not self.min_epochs <= len(prefix) < self.horizon:
+            return False
+        return self.probability_of_reaching(features, prefix, needed) < self.delta
+
+
+@dataclass
+class Replay:
+    """What a train-from-scratch search spent per arch, in evaluation order."""
+
+    order: np.ndarray  # arch indices, in the order they were trained
+    epochs: np.ndarray  # epochs each spent
+    complete: np.ndarray  # trained to the horizon (True) or stopped (False)
+
+    def completed(self) -> np.ndarray:
+        return self.order[self.complete]
+
+
+def replay(curves: np.ndarray, features: np.ndarray, costs: np.ndarray, order: np.ndarray,
+           stopper: CurveStopper | None) -> Replay:
+    """Train the archs `order` names one after another, epoch by epoch along their recorded
+    `curves` (n x horizon), stopping those `stopper` predicts cannot join the front of the
+    archs completed so far (accuracy max, `costs` min). `stopper=None` trains all to the end."""
+    from search.pareto import pareto_mask
+
+    curves = np.asarray(curves, dtype=float)
+    costs = np.atleast_2d(np.asarray(costs, dtype=float).T).T
+    horizon = curves.shape[1]
+    spent, complete, done = [], [], []
+    directions = ["max"] + ["min"] * costs.shape[1]
+    front: np.ndarray = np.empty(0, dtype=int)
+    for i in order:
+        needed = needed_accuracy(curves[front, -1], costs[front], costs[i])
+        stopped_at = next((t for t in range(1, horizon) if stopper is not None
+                           and stopper.should_stop(features[i], curves[i, :t], needed)), None)
+        spent.append(horizon if stopped_at is None else stopped_at)
+        complete.append(stopped_at is None)
+        if stopped_at is None:
+            done.append(i)
+            if stopper is not None:
+                stopper.add_complete(features[i], curves[i])
+            points = np.column_stack([curves[done, -1], costs[done]])
+            front = np.asarray(done)[pareto_mask(points, directions)]
+    return Replay(np.asarray(order), np.asarray(spent), np.asarray(complete, dtype=bool))
