@@ -1,6 +1,7 @@
 """The `nasbench` command line: one typer app, one module per subcommand.
 
 User mistakes (`UserError`) print one line to stderr and exit 2; bugs keep their traceback.
+SIGTERM (also how `jobs stop` ends a Ray job) prints one line and exits 143, as a shell would.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nasbench.commands import (
     submit,
     train,
 )
+from nasbench.termination import EXIT_CODE, Terminated, sigterm_raises
 from nasbench_core.errors import UserError
 
 
@@ -86,7 +88,11 @@ app.command("quickstart", help="The whole pipeline on digits, on CPU, in minutes
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps user errors to one line + exit 2."""
     try:
-        code = app(args=argv, standalone_mode=False)
+        with sigterm_raises():
+            code = app(args=argv, standalone_mode=False)
+    except Terminated:
+        print("nasbench: terminated by SIGTERM", file=sys.stderr)
+        sys.exit(EXIT_CODE)
     except UserError as exc:
         print(f"nasbench: error: {exc}", file=sys.stderr)
         sys.exit(2)

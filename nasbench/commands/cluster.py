@@ -14,11 +14,14 @@ ADDRESS_OPTION = typer.Option(
 
 @app.command()
 def up(
-    port: int = typer.Option(6379, "--port", help="GCS port of the head."),
-    dashboard_port: int = typer.Option(8265, "--dashboard-port", help="Dashboard/Jobs API port."),
-    num_cpus: int | None = typer.Option(None, "--num-cpus", help="CPUs Ray may use (default: all)."),
+    port: int = typer.Option(6379, "--port", min=1, max=65535, help="GCS port of the head."),
+    dashboard_port: int = typer.Option(8265, "--dashboard-port", min=1, max=65535,
+                                      help="Dashboard/Jobs API port."),
+    num_cpus: int | None = typer.Option(None, "--num-cpus", min=1, max=4096,
+                                         help="CPUs Ray may use (default: all)."),
     object_store_mb: int | None = typer.Option(
-        None, "--object-store-mb", help="Object store size in MiB (default: Ray's choice)."
+        None, "--object-store-mb", min=64, max=2**24,
+        help="Object store size in MiB (default: Ray's choice)."
     ),
     resource: list[str] = typer.Option(
         [], "--resource", help="A device label this node offers, NAME=AMOUNT (repeatable): "

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nasbench.commands.common import CONFIG_ARGUMENT, QUIET_OPTION, RESUME_OPTION, SET_OPTION
+from nasbench.commands.common import (
+    CONFIG_ARGUMENT,
+    QUIET_OPTION,
+    RESUME_OPTION,
+    SET_OPTION,
+    resume_target,
+)
 
 
 def command(
@@ -18,10 +24,8 @@ def command(
     from nasbench.progress import set_quiet
     from nasbench.runners import prune
     from nasbench.runners.config import resolve
-    from nasbench.runs import load_run
 
     set_quiet(quiet)
     if resume is not None:
-        resume = load_run(resume).path
-        config = config or resume / "config.yaml"
+        resume, config = resume_target("prune", resume, config)
     prune.run(resolve(prune.PruneConfig, config, cli_overrides=overrides), resume=resume)

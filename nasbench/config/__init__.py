@@ -1,4 +1,4 @@
-"""Configs: YAML (safe_load) plus `--set` overrides, validated by strict pydantic models."""
+"""Configs: bounded YAML (safe_load, see yaml_bounds) plus `--set` overrides, validated by strict pydantic models."""
 
 from nasbench.config.loader import StrictModel, parse_overrides
 from nasbench.config.sections import DataConfig, RunConfig

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from nasbench.config.yaml_bounds import MAX_BYTES, YamlLimitError, load_bounded
 from nasbench_core.errors import ConfigError
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -30,20 +31,33 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     if not path.is_file():
         raise ConfigError(f"config path is not a file: {path}")
+    size = path.stat().st_size
+    if size > MAX_BYTES:  # before reading it: a huge file is refused without its cost
+        raise ConfigError(f"{path}: YAML document is {size} bytes, more than the {MAX_BYTES} allowed")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
+        data = load_bounded(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:  # a ValueError: first
         raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top, got {type(data).__name__}")
     return data
+
+
+def yaml_problem(exc: Exception) -> str:
+    """One line for a YAML load error: a bound's reason, or "malformed YAML" with the place."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    if isinstance(exc, YamlLimitError):
+        return f"YAML {exc.problem}{where}"
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    problem = getattr(exc, "problem", None) or lines[0]
+    return f"malformed YAML{where}: {problem}"
 
 
 RELATIVE = re.compile(r"^\+\d+$")
@@ -64,9 +78,12 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
             parsed.append((parts, raw.strip()))
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {item!r}: value {raw!r} is not a valid YAML scalar/list") from None
+            value = load_bounded(raw) if raw.strip() else ""
+        except YamlLimitError as exc:
+            raise ConfigError(f"--set {key}: {yaml_problem(exc)}") from None
+        except (yaml.YAMLError, ValueError):
+            raise ConfigError(f"--set {_short_repr(item)}: value {_short_repr(raw)} is not a valid "
+                              "YAML scalar/list") from None
         parsed.append((parts, value))
     return parsed
 
@@ -113,6 +130,14 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel], sour
     if err["type"] == "missing":
         return f"{source}: missing required key {key!r}"
     got = err.get("input")
-    got_text = f" (got {got!r})" if not isinstance(got, dict) else ""
-    msg = err["msg"][0].lower() + err["msg"][1:]
+    got_text = f" (got {_short_repr(got)})" if not isinstance(got, dict) else ""
+    error = (err.get("ctx") or {}).get("error")
+    text = str(error) if err["type"] == "value_error" and error else err["msg"]
+    msg = text[0].lower() + text[1:]
     return f"{source}: key {key!r}: {msg}{got_text}"
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: a hostile value must not flood the line."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"

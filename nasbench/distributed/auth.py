@@ -12,16 +12,26 @@ import secrets
 from pathlib import Path
 
 from nasbench.distributed.dashboard import ClusterError
-from nasbench_core.atomic import atomic_write_text
 
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 
 
 def new_token_file(path: Path) -> Path:
-    """Write a fresh 256-bit token readable only by this user (the temp file is 0600)."""
-    atomic_write_text(path, secrets.token_hex(32))
-    os.chmod(path, 0o600)
+    """Write a fresh 256-bit token readable only by this user: the temp file is created 0600
+    (`os.open` with the mode, `O_EXCL`), so no byte of it is ever readable by others, then
+    renamed into place atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(secrets.token_hex(32))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

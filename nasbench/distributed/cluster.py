@@ -25,6 +25,7 @@ from nasbench.distributed.dashboard import ClusterError, check_ray, cluster_reso
 from nasbench_core.atomic import atomic_write_text
 
 HOST = "127.0.0.1"
+MAX_PORT = 65535
 STATE_FILE = "cluster.json"
 TOKEN_FILE = "ray_auth_token"
 LOG_FILE = "ray-head.log"
@@ -139,6 +140,8 @@ def start_head(
             "run `nasbench cluster down` first"
         )
     for name, value in (("--port", port), ("--dashboard-port", dashboard_port)):
+        if not 1 <= value <= MAX_PORT:
+            raise ClusterError(f"{name} {value}: expected a port from 1 to {MAX_PORT}")
         if not _port_free(value):
             raise ClusterError(f"port {value} on {HOST} is in use; choose another with {name}")
     home.mkdir(parents=True, exist_ok=True)

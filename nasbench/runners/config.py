@@ -109,7 +109,7 @@ def stored_config(run: Any, model: type[ModelT]) -> ModelT:
     from nasbench_core.errors import RunError
 
     try:
-        return model.model_validate(run.manifest.get("config", {}))
+        return model.model_validate(run.manifest.get("config", {}), context={"stored": True})
     except ValidationError as exc:
         raise RunError(f"{run.path}: its config does not fit this nasbench "
                        f"({describe_validation_error(exc, model, 'config.yaml')})") from None

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from nasbench.config import RunConfig, StrictModel
+from nasbench.config.sections import MAX_BATCH
 from nasbench.errors import RunError, UserError
 from nasbench.runs import Run, RunLock
 
@@ -32,8 +33,8 @@ class SupernetSection(StrictModel):
     family: str = "mbv3"
     preset: str = "tiny"
     width_mult: float = Field(default=1.0, gt=0)
-    num_classes: int = Field(default=10, ge=1)
-    in_chans: int = Field(default=3, ge=1)
+    num_classes: int = Field(default=10, ge=1, le=100_000)
+    in_chans: int = Field(default=3, ge=1, le=64)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     from_run: Path | None = None
 
@@ -41,26 +42,27 @@ class SupernetSection(StrictModel):
 class MeasureSection(StrictModel):
     """How many subnets and how to time them."""
 
-    n: int = Field(default=100, ge=2)
+    n: int = Field(default=100, ge=2, le=100_000)
+    """Subnets to time; the bound (with `pool_factor`'s) keeps the sampled pool under 1e6."""
     backend: Literal["torch", "onnxruntime"] = "torch"
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     """auto, cpu, cuda or cuda:N (the GPU to time on)."""
-    batch: int = Field(default=1, ge=1)
-    threads: int | None = Field(default=None, ge=1)
-    warmup: int = Field(default=10, ge=0)
-    repeats: int = Field(default=50, ge=1)
+    batch: int = Field(default=1, ge=1, le=MAX_BATCH)
+    threads: int | None = Field(default=None, ge=1, le=1024)
+    warmup: int = Field(default=10, ge=0, le=100_000)
+    repeats: int = Field(default=50, ge=1, le=100_000)
     compile: bool = False
     clock: Literal["wall", "cpu"] = "wall"
     extract: bool = True
-    rounds: int = Field(default=5, ge=1)
+    rounds: int = Field(default=5, ge=1, le=1000)
     """Interleaved rounds: `repeats` split over this many visits per subnet, shuffled order."""
     max_rel_iqr: float = Field(default=0.1, gt=0)
     """A subnet whose IQR/median is above this is re-timed ..."""
-    max_retimes: int = Field(default=2, ge=0)
+    max_retimes: int = Field(default=2, ge=0, le=100)
     """... at most this many times; the table's `latency_ms_noisy` says if it stayed noisy."""
-    resolution: int | None = Field(default=None, ge=4)
-    pool_factor: int = Field(default=3, ge=1)
-    bins: int = Field(default=10, ge=1)
+    resolution: int | None = Field(default=None, ge=4, le=1024)
+    pool_factor: int = Field(default=3, ge=1, le=10)
+    bins: int = Field(default=10, ge=1, le=1000)
 
 
 class LatencyMeasureConfig(StrictModel):

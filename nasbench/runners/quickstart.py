@@ -11,6 +11,7 @@ import time
 from pydantic import Field
 
 from nasbench.config import DataConfig, RunConfig, StrictModel
+from nasbench.config.sections import MAX_BUDGET, MAX_EPOCHS
 from nasbench.progress import echo
 from nasbench.runs import Run
 
@@ -27,13 +28,13 @@ class QuickstartConfig(StrictModel):
     run: QuickstartRun = QuickstartRun()
     data: DataConfig = DataConfig(name="digits")
     family: str = "mbv3"
-    epochs: int = Field(default=4, ge=1)
-    latency_samples: int = Field(default=40, ge=10)
-    search_budget: int = Field(default=40, ge=4)
-    population: int = Field(default=12, ge=4)
+    epochs: int = Field(default=4, ge=1, le=MAX_EPOCHS)
+    latency_samples: int = Field(default=40, ge=10, le=100_000)
+    search_budget: int = Field(default=40, ge=4, le=MAX_BUDGET)
+    population: int = Field(default=12, ge=4, le=100_000)
     latency_budget_quantile: float = Field(default=0.5, gt=0, le=1)
     prune_sparsity: float = Field(default=0.5, ge=0, lt=1)
-    finetune_epochs: int = Field(default=1, ge=0)
+    finetune_epochs: int = Field(default=1, ge=0, le=MAX_EPOCHS)
 
 
 def _train(cfg: QuickstartConfig, root) -> Run:

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from nasbench.config import DataConfig, RunConfig, StrictModel
 from nasbench.config.loader import RELATIVE
+from nasbench.config.sections import MAX_BUDGET
 from nasbench.data.fixed import FixedSubset
 from nasbench.errors import ConfigError, RunError
 from nasbench.runs import Run
@@ -44,8 +45,8 @@ class EvaluationConfig(StrictModel):
     """How true evaluations are done: device, BN recalibration and validation subset sizes."""
 
     device: str = "cpu"
-    bn_batches: int = Field(default=4, ge=1)
-    val_batches: int | None = Field(default=None, ge=1)
+    bn_batches: int = Field(default=4, ge=1, le=10_000)
+    val_batches: int | None = Field(default=None, ge=1, le=10**6)
 
 
 class OptimizerConfig(StrictModel):
@@ -58,11 +59,11 @@ class RaySearchSection(StrictModel):
     `nasbench cluster up` cluster when one runs, else a Ray started in this process."""
 
     address: str | None = None
-    num_workers: int = Field(default=2, ge=1)
+    num_workers: int = Field(default=2, ge=1, le=1024)
     cpus_per_worker: float = Field(default=1.0, gt=0)
     resources: dict[str, float] = Field(default_factory=dict)
-    max_retries: int = Field(default=1, ge=0)
-    node_workers: int = Field(default=1, ge=1)
+    max_retries: int = Field(default=1, ge=0, le=100)
+    node_workers: int = Field(default=1, ge=1, le=1024)
     """Workers per node label, for metrics placed on nodes (`latency_ms@node:LABEL`)."""
 
 
@@ -105,15 +106,14 @@ class SearchConfig(StrictModel):
     @field_validator("budget")
     @classmethod
     def _budget(cls, value: int | str) -> int | str:
-        if isinstance(value, str) and RELATIVE.match(value.strip()):
-            return value.strip()
+        relative = isinstance(value, str) and RELATIVE.match(value.strip())
         try:
-            number = int(value)
+            number = int(value.strip()[1:] if relative else value)
         except ValueError:
             raise ValueError("expected a positive integer, or +N for N more evaluations") from None
-        if number < 1:
-            raise ValueError("must be at least 1")
-        return number
+        if not (0 if relative else 1) <= number <= MAX_BUDGET:  # +0 is refused where it is known
+            raise ValueError(f"expected an integer from 1 to {MAX_BUDGET}")
+        return value.strip() if relative else number
 
 
 def load_supernet(cfg: SearchConfig, device: str):

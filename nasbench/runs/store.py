@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ import yaml
 
 from nasbench.config.sections import default_results_root
 from nasbench.runs.facts import git_commit, package_versions
+from nasbench.termination import Terminated, sigterm_raises
 from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import RunError
 
@@ -120,10 +120,15 @@ class Run:
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         """Append one row to metrics.csv (the file is rewritten atomically, columns unioned)."""
-        rows = self._load_metrics_rows()
-        rows.append({k: _json_default(v) if hasattr(v, "item") else v for k, v in row.items()})
+        self.replace_metrics([*self._load_metrics_rows(), row])
+
+    def replace_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv as exactly `rows` (e.g. the rows a resumed run's checkpoint holds)."""
+        self._metrics_rows = [{k: _json_default(v) if hasattr(v, "item") else v for k, v in row.items()}
+                              for row in rows]
         buffer = io.StringIO()
-        pd.DataFrame(rows).to_csv(buffer, index=False)
+        if self._metrics_rows:
+            pd.DataFrame(self._metrics_rows).to_csv(buffer, index=False)
         atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
 
     def _load_metrics_rows(self) -> list[dict[str, Any]]:
@@ -339,6 +344,8 @@ def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) ->
     if "/" in name or name in {"", ".", ".."}:
         raise RunError(f"run name {name!r} must be a plain directory name")
     path = root / name
+    if root.exists() and not root.is_dir():
+        raise RunError(f"run.root {root} is not a directory")
     if path.exists():
         if not overwrite:
             raise RunError(_exists_message(path, command))
@@ -359,27 +366,18 @@ def _new_run_dir(root: Path, command: str, name: str | None, overwrite: bool) ->
         path.mkdir(parents=True)
     except FileExistsError:  # another process created it since the check
         raise RunError(_exists_message(path, command)) from None
+    except OSError as exc:  # unwritable root, a file on the way, a read-only file system
+        raise RunError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
     return path, RunLock(path).acquire()
 
 
-class _Terminated(Exception):
-    """SIGTERM turned into an exception so the run is marked failed on the way out."""
-
-
-@contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    def handler(signum: int, frame: Any) -> None:
-        raise _Terminated("terminated by SIGTERM")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. inside a Ray worker): leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _failure_reason(exc: BaseException) -> str:
+    """The manifest's `error` of a failed run."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, Terminated):
+        return "terminated"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _write_config_yaml(path: Path, config: dict[str, Any]) -> None:
@@ -438,10 +436,10 @@ def start_run(
         run.lock = lock
         run.write_manifest()
         try:
-            with _sigterm_raises():
+            with sigterm_raises():
                 yield run
         except BaseException as exc:
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            reason = _failure_reason(exc)
             run.update_manifest(status="failed", ended=_now(), error=reason)
             raise
         run.update_manifest(status="completed", ended=_now())

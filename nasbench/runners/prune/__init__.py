@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from nasbench.config import DataConfig, RunConfig, StrictModel
+from nasbench.config.sections import MAX_EPOCHS
 from nasbench.errors import CheckpointError, ConfigError
 from nasbench.runs import Run
 
@@ -31,7 +32,7 @@ class ModelSection(StrictModel):
     run: Path | None = None
     arch_id: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
-    train_epochs: int = Field(default=0, ge=0)  # train before pruning (e.g. from scratch)
+    train_epochs: int = Field(default=0, ge=0, le=MAX_EPOCHS)  # train before pruning (e.g. from scratch)
 
     @model_validator(mode="after")
     def _export_needs_run_and_arch(self) -> ModelSection:
@@ -51,8 +52,8 @@ class PruneSection(StrictModel):
 
 
 class FinetuneSection(StrictModel):
-    epochs: int = Field(default=1, ge=0)
-    lr: float = Field(default=1e-3, gt=0)
+    epochs: int = Field(default=1, ge=0, le=MAX_EPOCHS)
+    lr: float = Field(default=1e-3, gt=0, le=100)
 
 
 class PruneConfig(StrictModel):
@@ -110,6 +111,8 @@ def data_for(cfg: PruneConfig) -> DataConfig:
 
 
 def _read_weights(path: Path) -> dict:
+    import warnings
+
     import safetensors.torch
     import torch
 
@@ -118,9 +121,28 @@ def _read_weights(path: Path) -> dict:
     try:
         if path.suffix == ".safetensors":
             return safetensors.torch.load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": a second line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or pickled-object files come with many error types
-        raise CheckpointError(f"model.weights={str(path)!r} is not a weights file: {exc}") from None
+        raise CheckpointError(f"model.weights={str(path)!r} is not a weights file: "
+                              f"{_weights_problem(path, exc)}") from None
+
+
+def _weights_problem(path: Path, exc: Exception) -> str:
+    """Why a weights file did not load, in one line: an empty file gives torch no message, and
+    its refusal of a pickle spans a page."""
+    import pickle
+
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and isinstance(exc, pickle.UnpicklingError) and lines[0].startswith("Weights only load"):
+        skip = ("Check the documentation", "Please file an issue", "(1)", "(2)")
+        details = [line for line in lines[1:] if not line.startswith(skip)]
+        reason = details[0] if details else "not tensors only"
+        return f"torch's tensors-only loader refused it ({reason}); pickled objects are never loaded"
+    return lines[0] if lines else type(exc).__name__
 
 
 def run(config: PruneConfig, *, resume: Path | None = None) -> Run:

@@ -1,0 +1,421 @@
+"""Hostile and careless input (issue 19): each case is one line on stderr, exit 2, no traceback
+and no new file, whatever the command. Plus the secrets, SIGTERM and `submit` guarantees."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasbench.config import yaml_bounds
+
+ROOT = Path(__file__).resolve().parents[1]
+BIG = 2**64 + 1
+LONG_INT = "9" * 5000  # past Python's 4300-digit int-string limit
+
+
+def _bomb(levels: int = 7, fanout: int = 9) -> str:
+    """The issue's alias bomb: each level repeats the previous one `fanout` times."""
+    lines = [f"  l0: &l0 [{', '.join(['x'] * fanout)}]"]
+    for level in range(1, levels):
+        lines.append(f"  l{level}: &l{level} [{', '.join([f'*l{level - 1}'] * fanout)}]")
+    return "\n".join(lines) + "\n"
+
+
+def _flow_bomb() -> str:
+    """A bomb small enough for one `--set` value: 6 levels of 10."""
+    inner = "[&a0 [1,1,1,1,1,1,1,1,1,1]"
+    for level in range(1, 6):
+        inner += f", &a{level} [{','.join([f'*a{level - 1}'] * 10)}]"
+    return inner + "]"
+
+
+def _alias_chain(length: int) -> str:
+    """Nesting built from aliases, one level each: shallow as written, deep expanded."""
+    lines = ["c0: &c0 [x]"] + [f"c{i}: &c{i} [*c{i - 1}]" for i in range(1, length)]
+    return "\n".join(lines) + "\n"
+
+
+def _fake_run(path: Path, command: str, config: str | None = "run: {seed: 0}\n") -> Path:
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text(json.dumps({"command": command, "status": "failed",
+                                                    "config": {}}))
+    if config is not None:
+        (path / "config.yaml").write_text(config)
+    return path
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+# Each case: command-line arguments (`{tmp}` is the case's folder), files to create first (name ->
+# text, bytes or a function of the folder), and a fragment the one error line must contain.
+Files = dict[str, "str | bytes | Callable[[Path], object]"]
+CASES: list[tuple[str, list[str], Files, str]] = [
+    # -- hostile and malformed YAML -------------------------------------------------------
+    ("alias-bomb-latency", ["search", "c.yaml"], {"c.yaml": "latency:\n" + _bomb()},
+     "expands to more than 100000 nodes"),
+    ("alias-bomb-train", ["train", "c.yaml"], {"c.yaml": "train:\n" + _bomb(6, 10)},
+     "expands to more than 100000 nodes"),
+    ("alias-bomb-set", ["train", "--set", f"train.x={_flow_bomb()}"], {},
+     "--set train.x: YAML expands to more than 100000 nodes"),
+    ("recursive-alias", ["train", "c.yaml"], {"c.yaml": "train: &a {x: *a}\n"},
+     "an alias refers to the node that contains it"),
+    ("deep-flow", ["train", "c.yaml"], {"c.yaml": "train: {x: " + "[" * 5000 + "]" * 5000 + "}\n"},
+     "nested deeper than 32 levels"),
+    ("deep-block", ["prune", "c.yaml"],
+     {"c.yaml": "".join(f"{'  ' * i}k{i}:\n" for i in range(40)) + "  " * 40 + "v\n"},
+     "nested deeper than 32 levels"),
+    ("deep-by-aliases", ["train", "c.yaml"], {"c.yaml": _alias_chain(40)},
+     "nested deeper than 32 levels once its aliases are expanded"),
+    ("deep-set", ["search", "--set", "latency.x=" + "[" * 40 + "]" * 40], {},
+     "--set latency.x: YAML nested deeper than 32 levels"),
+    ("oversized-file", ["train", "c.yaml"], {"c.yaml": "# " + "x" * (1 << 20) + "\n"},
+     "more than the 1048576 allowed"),
+    ("oversized-set", ["train", "--set", "train.x=" + "y" * ((1 << 20) + 1)], {},
+     "more than the 1048576 allowed"),
+    ("long-int-file", ["train", "c.yaml"], {"c.yaml": f"run: {{seed: {LONG_INT}}}\n"},
+     "integer longer than 4300 digits"),
+    ("long-int-set", ["latency", "measure", "--set", f"latency.n={LONG_INT}"], {},
+     "--set latency.n: YAML integer longer than 4300 digits"),
+    ("long-int-nested", ["search", "c.yaml"], {"c.yaml": f"latency: {{a: [{LONG_INT}]}}\n"},
+     "integer longer than 4300 digits"),
+    ("impossible-date", ["train", "c.yaml"], {"c.yaml": "train: {x: 2020-13-45}\n"},
+     "month must be in 1..12"),
+    ("malformed", ["train", "c.yaml"], {"c.yaml": "train: [1, 2\n"}, "malformed YAML"),
+    ("malformed-huge-set", ["train", "--set", "train.x=[" + "a, " * 100_000], {},
+     "is not a valid YAML scalar/list"),
+    ("not-utf8", ["train", "c.yaml"], {"c.yaml": b"run: {name: \xff\xfe}\n"}, "not a UTF-8"),
+    ("top-level-list", ["train", "c.yaml"], {"c.yaml": "- 1\n- 2\n"}, "expected a mapping"),
+    ("config-is-dir", ["train", "d"], {"d/x": ""}, "config path is not a file"),
+    # -- out-of-range numbers ---------------------------------------------------------------
+    ("seed-negative", ["train", "--set", "run.seed=-1"], {}, "'run.seed'"),
+    ("seed-2**32", ["search", "--set", f"run.seed={2**32}"], {}, "less than or equal to 4294967295"),
+    ("seed-2**64", ["prune", "--set", f"run.seed={BIG}"], {}, "less than or equal to 4294967295"),
+    ("seed-in-file", ["latency", "measure", "c.yaml"], {"c.yaml": f"run: {{seed: {BIG}}}\n"},
+     "'run.seed'"),
+    ("seed-quickstart", ["quickstart", "--set", "run.seed=-5"], {}, "'run.seed'"),
+    ("epochs-huge", ["train", "--set", "train.epochs=1000000000"], {},
+     "train.epochs: expected at most 100000"),
+    ("epochs-1-default-warmup", ["train", "--set", "train.epochs=1"], {},
+     "the recipe's default: set train.warmup_epochs lower"),
+    ("latency-n-huge", ["latency", "measure", "--set", "latency.n=1000000000"], {},
+     "'latency.n': input should be less than or equal to 100000"),
+    ("latency-pool-factor", ["latency", "measure", "--set", "latency.pool_factor=1000"], {},
+     "'latency.pool_factor'"),
+    ("latency-batch", ["latency", "measure", "--set", "latency.batch=100000"], {}, "'latency.batch'"),
+    ("latency-repeats", ["latency", "measure", "--set", "latency.repeats=1000000000"], {},
+     "'latency.repeats'"),
+    ("batch-size-huge", ["train", "--set", "data.batch_size=100000"], {}, "'data.batch_size'"),
+    ("data-limit-huge", ["prune", "--set", f"data.limit={BIG}"], {}, "'data.limit'"),
+    ("budget-huge", ["search", "--set", "budget=10000000"], {}, "from 1 to 1000000"),
+    ("budget-relative-huge", ["search", "--set", "budget=+99999999999"], {}, "from 1 to 1000000"),
+    ("search-bn-batches", ["search", "--set", "evaluation.bn_batches=100000000"], {},
+     "'evaluation.bn_batches'"),
+    ("quickstart-epochs", ["quickstart", "--set", "epochs=1000000"], {}, "'epochs'"),
+    ("quickstart-budget", ["quickstart", "--set", "search_budget=100000000"], {}, "'search_budget'"),
+    ("prune-finetune-epochs", ["prune", "--set", "finetune.epochs=1000000"], {},
+     "'finetune.epochs'"),
+    ("prune-lr-negative", ["prune", "--set", "finetune.lr=-1"], {}, "'finetune.lr'"),
+    ("prune-lr-text", ["prune", "--set", "finetune.lr=fast"], {}, "'finetune.lr'"),
+    ("cluster-port-0", ["cluster", "up", "--port", "0"], {}, "'--port'"),
+    ("cluster-port-70000", ["cluster", "up", "--port", "70000"], {}, "'--port'"),
+    ("cluster-dashboard-port", ["cluster", "up", "--dashboard-port", "-1"], {},
+     "'--dashboard-port'"),
+    ("cluster-num-cpus", ["cluster", "up", "--num-cpus", "0"], {}, "'--num-cpus'"),
+    # -- hostile names and paths --------------------------------------------------------------
+    ("name-too-long", ["train", "--set", "run.name=" + "a" * 101], {}, "at most 100 characters"),
+    ("name-filesystem-limit", ["latency", "measure", "--set", "run.name=" + "b" * 300], {},
+     "at most 100 characters"),
+    ("name-nul", ["train", "c.yaml"], {"c.yaml": 'run: {name: "a\\0b"}\n'}, "'a\\x00b'"),
+    ("name-slash", ["search", "--set", "run.name=../escape"], {}, "only letters, digits"),
+    ("name-space", ["prune", "--set", "run.name=a b"], {}, "only letters, digits"),
+    ("name-dotdot", ["train", "--set", "run.name=.."], {}, "only letters, digits"),
+    ("root-is-a-file", ["latency", "measure", "--set", "run.root=f.txt", "--set", "latency.n=2"],
+     {"f.txt": "not a folder"}, "f.txt is not a directory"),
+    ("root-under-a-file", ["latency", "measure", "--set", "run.root=f.txt/sub"],
+     {"f.txt": "not a folder"}, "cannot create run directory"),
+    ("root-unwritable", ["latency", "measure", "--set", "run.root=/proc/nasbench-h19"], {},
+     "cannot create run directory /proc/nasbench-h19/"),
+    # -- wrong runs and weak messages ------------------------------------------------------------
+    ("resume-missing", ["train", "--resume", "{tmp}/missing"], {}, "run not found"),
+    ("resume-not-a-run", ["train", "--resume", "d"], {"d/x": ""}, "has no manifest.json"),
+    ("resume-search-with-train", ["train", "--resume", "s"],
+     {"s": lambda p: _fake_run(p, "search", "data: {name: digits}\nbudget: 4\n")},
+     "with `nasbench train`: it is a `search` run"),
+    ("resume-train-with-search", ["search", "--resume", "t"], {"t": lambda p: _fake_run(p, "train")},
+     "with `nasbench search`: it is a `train` run"),
+    ("resume-latency-with-prune", ["prune", "--resume", "t"],
+     {"t": lambda p: _fake_run(p, "latency")}, "it is a `latency` run"),
+    ("resume-without-config", ["train", "--resume", "t"],
+     {"t": lambda p: _fake_run(p, "train", config=None)}, "it has no config.yaml"),
+    ("weights-empty", ["prune", "--set", "model.weights=w.pt"], {"w.pt": b""},
+     "is not a weights file: the file is empty"),
+    ("weights-pickle", ["prune", "--set", "model.weights=w.pt"],
+     {"w.pt": lambda p: torch.save({"x": _Evil()}, p)}, "refused it (Trying to load unsupported GLOBAL"),
+    ("weights-garbage", ["prune", "--set", "model.weights=w.pt"], {"w.pt": b"\x00garbage" * 10},
+     "tensors-only loader refused it"),
+    ("weights-plain-pickle", ["prune", "--set", "model.weights=w.pt"],
+     {"w.pt": pickle.dumps(_Evil())}, "pickled objects are never loaded"),
+    # -- submit validates before it ships --------------------------------------------------------
+    ("submit-bad-seed", ["submit", "--", "train", "--set", "run.seed=-1"], {}, "'run.seed'"),
+    ("submit-bomb", ["submit", "--", "search", "c.yaml"], {"c.yaml": "latency:\n" + _bomb()},
+     "expands to more than 100000 nodes"),
+    ("submit-latency-n", ["submit", "--", "latency", "measure", "--set", "latency.n=1000000000"],
+     {}, "'latency.n'"),
+    ("submit-missing-config", ["submit", "--", "prune", "nope.yaml"], {}, "config file not found"),
+    ("submit-unknown-command", ["submit", "--", "trian"], {}, "No such command 'trian'"),
+    ("submit-unknown-option", ["submit", "--", "train", "--bogus"], {}, "No such option: --bogus"),
+    ("submit-unknown-key", ["submit", "--", "quickstart", "--set", "epoch=2"], {}, "unknown key"),
+]
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")}
+
+
+def _make(folder: Path, files: Files) -> None:
+    for name, content in files.items():
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if callable(content):
+            content(target)
+        elif isinstance(content, bytes):
+            target.write_bytes(content)
+        else:
+            target.write_text(content, encoding="utf-8")
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """The case's folder as working dir and results root; no Ray cluster (a fresh home), and
+    `submit` must never reach the Jobs API."""
+    from nasbench.distributed import jobs
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NASBENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("NASBENCH_HOME", str(tmp_path / "home"))
+
+    def no_submit(*args, **kwargs):
+        raise AssertionError("a job was submitted")
+
+    monkeypatch.setattr(jobs, "submit", no_submit)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case, args, files, expected", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, sandbox, case, args, files, expected):
+    _make(sandbox, files)
+    before = _listing(sandbox)
+    result = cli(*[a.replace("{tmp}", str(sandbox)) for a in args])
+    lines = result.err.strip().splitlines()
+    assert result.code == 2, result.err[-2000:]
+    assert len(lines) == 1, result.err[-2000:]
+    assert "Traceback" not in result.err + result.out
+    assert expected in lines[0]
+    assert len(lines[0]) < 600  # a hostile value is quoted short, not echoed whole
+    assert _listing(sandbox) == before
+
+
+def test_the_suite_is_large_and_its_cases_distinct():
+    assert len(CASES) >= 40
+    assert len({c[0] for c in CASES}) == len(CASES)
+    assert len({(tuple(c[1]), tuple((k, repr(v)) for k, v in c[2].items())) for c in CASES}) == len(CASES)
+
+
+# -- the YAML bounds themselves ---------------------------------------------------------------
+
+def test_yaml_within_the_bounds_loads_with_anchors_and_merge_keys():
+    text = "base: &b {lr: 0.1, epochs: 3}\ntrain: {<<: *b, epochs: 4}\nlist: [*b, *b]\n"
+    assert yaml_bounds.load_bounded(text) == {"base": {"lr": 0.1, "epochs": 3},
+                                              "train": {"lr": 0.1, "epochs": 4},
+                                              "list": [{"lr": 0.1, "epochs": 3}] * 2}
+
+
+@pytest.mark.parametrize("lists", [30, 31, 32, 33])
+def test_yaml_depth_bound_is_exact(lists):
+    """`lists` nested lists around a scalar are `lists + 1` levels; 32 levels are allowed."""
+    text = "[" * lists + "1" + "]" * lists
+    if lists + 1 <= yaml_bounds.MAX_DEPTH:
+        assert yaml_bounds.load_bounded(text) is not None
+    else:
+        with pytest.raises(yaml_bounds.YamlLimitError, match="nested deeper"):
+            yaml_bounds.load_bounded(text)
+
+
+@pytest.mark.parametrize("length, ok", [(30, True), (31, False)])
+def test_yaml_depth_bound_counts_aliases_expanded(length, ok):
+    """c0 = [x] is 2 levels, each alias wrapper one more, under the root mapping: the chain's
+    last entry is `length + 2` levels deep once expanded, while the text is 4 deep."""
+    text = _alias_chain(length)
+    if ok:
+        assert yaml_bounds.load_bounded(text)[f"c{length - 1}"] is not None
+    else:
+        with pytest.raises(yaml_bounds.YamlLimitError, match="once its aliases are expanded"):
+            yaml_bounds.load_bounded(text)
+
+
+def test_yaml_node_bound_counts_expanded_aliases_exactly():
+    # a list of k aliases to a 9-scalar list: 1 + k * (1 + 9) nodes once expanded, plus the anchor
+    def doc(k: int) -> str:
+        return f"a: &a [1,1,1,1,1,1,1,1,1]\nb: [{','.join(['*a'] * k)}]\n"
+
+    def nodes(k: int) -> int:
+        return 1 + 2 + 10 + 1 + 1 + 10 * k  # root, keys a and b, a's list, b's list, k copies
+
+    k_ok = (yaml_bounds.MAX_NODES - 15) // 10
+    assert nodes(k_ok) <= yaml_bounds.MAX_NODES < nodes(k_ok + 1)
+    assert len(yaml_bounds.load_bounded(doc(k_ok))["b"]) == k_ok
+    with pytest.raises(yaml_bounds.YamlLimitError, match="expands to more than"):
+        yaml_bounds.load_bounded(doc(k_ok + 1))
+
+
+def test_a_bomb_is_refused_fast():
+    started = time.perf_counter()
+    with pytest.raises(yaml_bounds.YamlLimitError):
+        yaml_bounds.load_bounded("x:\n" + _bomb(12, 9))  # 9**12 nodes expanded
+    assert time.perf_counter() - started < 2.0
+
+
+def test_stored_configs_keep_names_from_before_the_bound(tmp_path):
+    """A run made before names were bounded still opens (`Run.config`)."""
+    from nasbench.runs import load_run
+
+    run = _fake_run(tmp_path / "old", "latency")
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["config"] = {"run": {"name": "old run with spaces", "root": str(tmp_path)}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert load_run(run).config.run.name == "old run with spaces"
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+def test_the_token_file_is_0600_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    from nasbench.distributed import auth
+
+    monkeypatch.setattr(os, "umask", os.umask)  # the real umask, whatever the caller set
+    previous = os.umask(0o022)  # the usual umask, under which a plain file would be 0644
+    seen = []
+    real_replace = os.replace
+
+    def checking_replace(src, dst):
+        seen.append(stat.S_IMODE(os.stat(src).st_mode))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", checking_replace)
+    try:
+        path = auth.new_token_file(tmp_path / "token")
+    finally:
+        os.umask(previous)
+    assert seen == [0o600]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(path.read_text()) == 64
+    assert [p.name for p in tmp_path.iterdir()] == ["token"]
+
+
+def test_start_head_refuses_ports_out_of_range_before_any_work(tmp_path):
+    from nasbench.distributed import cluster
+    from nasbench.distributed.dashboard import ClusterError
+
+    for port, dashboard in ((0, 8265), (6379, 65536)):
+        with pytest.raises(ClusterError, match="expected a port from 1 to 65535"):
+            cluster.start_head(tmp_path / "home", port=port, dashboard_port=dashboard)
+    assert not (tmp_path / "home").exists()
+
+
+# -- SIGTERM -----------------------------------------------------------------------------------
+
+def test_sigterm_ends_a_train_run_as_failed_terminated_with_one_line_and_143(tmp_path):
+    exe = Path(sys.executable).with_name("nasbench")
+    args = [str(exe)] if exe.exists() else [sys.executable, "-m", "nasbench.cli"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1",
+               NASBENCH_RESULTS=str(tmp_path / "results"))
+    proc = subprocess.Popen(
+        [*args, "train", "--quiet", "--set", "run.name=victim", "--set", "data.name=synthetic",
+         "--set", "data.limit=64", "--set", "data.batch_size=16", "--set", "train.epochs=100000",
+         "--set", "train.warmup_epochs=0", "--set", "train.num_random=0",
+         "--set", "train.bn_recal_batches=1", "--set", "train.val_max_batches=1",
+         "--set", "device=cpu"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "results" / "victim" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while not metrics.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines() == ["nasbench: terminated by SIGTERM"]
+    assert "Traceback" not in out + err
+    manifest = json.loads((tmp_path / "results" / "victim" / "manifest.json").read_text())
+    assert (manifest["status"], manifest["error"]) == ("failed", "terminated")
+    assert manifest["ended"] is not None
+
+
+def test_sigterm_handler_is_restored_after_a_command(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    cli("train", "--set", "run.seed=-1")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.fixture
+def ray_head(tmp_path, monkeypatch):
+    """A local Ray head of our own (on free ports, its own NASBENCH_HOME), stopped after."""
+    from nasbench.distributed import cluster
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("NASBENCH_HOME", str(home))
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE",
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # restored after, whatever Ray sets
+        monkeypatch.delenv(key, raising=False)
+    cluster.start_head(home, port=cluster.free_port(), dashboard_port=cluster.free_port(),
+                       num_cpus=1, object_store_mb=200)
+    try:
+        yield home
+    finally:
+        cluster.stop_head(home)
+
+
+@pytest.mark.ray
+def test_jobs_stop_ends_a_train_job_cleanly(cli, ray_head, tmp_path):
+    """`jobs stop` is SIGTERM to the job's processes: one line in the log, no traceback, and the
+    run marked `failed: terminated`."""
+    from nasbench.distributed import jobs
+
+    root = tmp_path / "results"
+    submitted = cli(
+        "submit", "--working-dir", str(ROOT), "--", "train", "--quiet",
+        "--set", "data.name=synthetic", "--set", "data.limit=64", "--set", "data.batch_size=16",
+        "--set", "train.epochs=100000", "--set", "train.warmup_epochs=0",
+        "--set", "train.num_random=0", "--set", "train.val_max_batches=1",
+        "--set", "train.bn_recal_batches=1", "--set", f"run.root={root}", "--set", "run.name=job")
+    assert submitted.code == 0, submitted.err
+    job_id = submitted.out.strip()
+    target = jobs.resolve_target(None, ray_head)
+    metrics = root / "job" / "metrics.csv"
+    deadline = time.monotonic() + 240
+    while not metrics.exists():
+        assert time.monotonic() < deadline, jobs.job_logs(target, job_id)[-2000:]
+        time.sleep(0.5)
+    stopped = cli("jobs", "stop", job_id)
+    assert stopped.code == 0, stopped.err
+    assert jobs.wait_for(target, job_id, timeout=60) == "STOPPED"
+    logs = jobs.job_logs(target, job_id)
+    assert "nasbench: terminated by SIGTERM" in logs
+    assert "Traceback" not in logs
+    manifest = json.loads((root / "job" / "manifest.json").read_text())
+    assert (manifest["status"], manifest["error"]) == ("failed", "terminated")
