@@ -28,7 +28,7 @@ RESERVED = ("format", "build_config", "space_fingerprint", "space", "mos", "mos_
 MOS_ROUTER_INPUT = "active-only"
 """What a MoS router was trained on: arch features with inactive blocks zeroed. Checkpoints
 from before that (their router saw inactive blocks' choices) would compute other functions."""
-_EPOCH_STEM = re.compile(r"^epoch_(\d+)$")
+_EPOCH_STEM = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")
 
 
 def save_checkpoint(
@@ -123,8 +123,15 @@ def epoch_stem(directory: str | Path, epoch: int) -> Path:
     return Path(directory) / f"epoch_{epoch:04d}"
 
 
+def step_stem(directory: str | Path, epoch: int, step: int) -> Path:
+    """A mid-epoch checkpoint: `epoch` epochs done and `step` steps into the next one. It sorts
+    after `epoch_<epoch>` and before `epoch_<epoch + 1>`."""
+    return Path(directory) / f"epoch_{epoch:04d}_step_{step:06d}"
+
+
 def list_checkpoints(directory: str | Path) -> list[Path]:
-    """Complete `epoch_NNNN` checkpoints in `directory`, oldest first."""
+    """Complete `epoch_NNNN` and `epoch_NNNN_step_SSSSSS` checkpoints in `directory`, oldest
+    first."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -133,7 +140,7 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
         match = _EPOCH_STEM.match(meta.name[: -len(".json")])
         stem = meta.with_name(meta.name[: -len(".json")])
         if match and _file(stem, ".safetensors").exists():
-            found.append((int(match.group(1)), stem))
+            found.append(((int(match.group(1)), int(match.group(2) or 0)), stem))
     return [stem for _, stem in sorted(found)]
 
 
@@ -143,7 +150,7 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 
 def prune_checkpoints(directory: str | Path, keep: int) -> None:
-    """Delete all but the newest `keep` epoch checkpoints (JSON first: no half checkpoints)."""
+    """Delete all but the newest `keep` checkpoints (JSON first: no half checkpoints)."""
     for stem in list_checkpoints(directory)[:-keep]:
         for suffix in (".json", ".optim.safetensors", ".safetensors"):
             _file(stem, suffix).unlink(missing_ok=True)

@@ -45,7 +45,7 @@ FAST = dict(epochs=2, lr=0.05, warmup_epochs=0.5, num_random=1, max_steps_per_ep
         ({"epochs": 0}, "epochs: expected an integer >= 1, got 0"),
         ({"lr": -1.0}, "lr: expected a number > 0"),
         ({"optimizer": "lamb"}, "optimizer: expected one of ('sgd', 'adamw'), got 'lamb'"),
-        ({"sampling": "greedy"}, "sampling: expected one of ('sandwich', 'uniform')"),
+        ({"sampling": "greedy"}, "sampling: expected one of ('sandwich', 'uniform', 'attentive'"),
         ({"label_smoothing": 1.0}, "label_smoothing: expected a number in [0, 1)"),
         ({"warmup_epochs": 3.0, "epochs": 2}, "warmup_epochs: expected less than epochs (2)"),
         ({"grad_clip": 0.0}, "grad_clip: expected a number > 0 or null"),

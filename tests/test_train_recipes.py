@@ -79,7 +79,8 @@ def test_recipe_supplies_defaults_and_user_keys_win():
         True, "exp", 0.05, "largest")
     assert TrainHParams.from_dict({}) == TrainHParams()  # `default` is the field defaults
     assert TrainHParams.from_dict(cfg.to_dict()) == cfg  # round trip (Ray workers, resume)
-    with pytest.raises(ConfigError, match=r"^train\.recipe: expected one of \['bignas', 'default'\]"):
+    known = r"\['attentivenas', 'bignas', 'default', 'instatune', 'ofa_ps', 'pada'\]"
+    with pytest.raises(ConfigError, match=rf"^train\.recipe: expected one of {known}"):
         TrainHParams.from_dict({"recipe": "bigmas"}, prefix="train.")
 
 

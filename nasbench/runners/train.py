@@ -2,8 +2,11 @@
 
 The run gets `config.yaml`, `manifest.json`, `metrics.csv` (one row per epoch: per-member
 losses, val accuracy of the smallest and largest subnet, lr, images/s) and
-`checkpoints/epoch_NNNN.{safetensors,optim.safetensors,json}`. A resumed run continues from
-its newest checkpoint with the run's own config.
+`checkpoints/epoch_NNNN.{safetensors,optim.safetensors,json}` (plus `epoch_NNNN_step_SSSSSS`
+mid-epoch ones with `train.checkpoint_every`). A resumed run continues from its newest
+checkpoint with the run's own config. The checkpoint holds the metrics rows of its epochs and
+is written before metrics.csv, which a resume (and the end of a Ray run) rewrites from it: a
+crash between the two writes loses no row.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from nasbench.config import DataConfig, RunConfig, StrictModel
+from nasbench.config.sections import MAX_EPOCHS
 from nasbench.errors import ConfigError
 from nasbench.runs import Run
 
@@ -140,15 +144,38 @@ class TrainConfig(StrictModel):
     def _check_hparams_and_device(self) -> TrainConfig:
         """The free-form `train` section and `device` are checked with the rest of the config,
         so a typo fails before a run directory exists (raised as ConfigError, not wrapped)."""
-        hparams, _ = train_settings(self.train)
+        try:
+            hparams, teacher = train_settings(self.train)
+        except ConfigError as exc:  # say when a default (not the user's value) is in the way
+            if "warmup_epochs" in self.train or not str(exc).startswith("train.warmup_epochs:"):
+                raise
+            raise ConfigError(f"{exc}, the recipe's default: set train.warmup_epochs lower "
+                              "(e.g. 0) or train more epochs") from None
+        if hparams.epochs > MAX_EPOCHS:
+            raise ConfigError(f"train.epochs: expected at most {MAX_EPOCHS}, got {hparams.epochs}")
         section = self.supernet
+        if hparams.distill_from_initial and not (section.pretrained or section.weights is not None
+                                                 or section.from_ofa is not None):
+            raise ConfigError("train.distill_from_initial (set by recipe "
+                              f"{hparams.recipe!r}) distils from the pretrained model: set "
+                              "supernet.from_timm with pretrained: true or weights, or "
+                              "supernet.from_ofa")
+        if hparams.distill_from_initial and teacher is not None:
+            raise ConfigError("train.teacher and train.distill_from_initial both pick the "
+                              "distillation targets; keep one")
         if hparams.zero_init_residual and (section.pretrained or section.weights is not None
                                            or section.from_ofa is not None):
             raise ConfigError("train.zero_init_residual (set by recipe "
                               f"{hparams.recipe!r}) would erase the imported supernet weights; "
                               "set train.zero_init_residual: false")
+        if hparams.pada is not None and hparams.pada["data"] and self.runner == "ray":
+            raise ConfigError("train.pada.data draws examples with its own sampler, which a Ray "
+                              "worker's distributed sampler excludes; set train.pada.data: false")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"key 'device': expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.runner == "ray" and hparams.checkpoint_every is not None:
+            raise ConfigError("train.checkpoint_every is not available with runner: ray (Ray "
+                              "Train checkpoints at epoch ends); remove it or use runner: local")
         return self
 
 
@@ -174,6 +201,9 @@ def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsC
         data_cfg = data_cfg.model_copy(update={"resolution": largest})
         if bundle.resolution != largest:
             bundle = load_dataset(data_cfg, seed=seed)
+    from supernets.training.planners import build_planner
+
+    build_planner(hparams, net.space)  # the sampling recipe fits the space (one line if not)
     teacher = None
     if teacher_section is not None:  # built before the run directory: a bad teacher is one line
         from nasbench.teacher import build_teacher
@@ -199,7 +229,10 @@ def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsC
 
         if cfg.runner == "ray":
             history = _train_ray(cfg, run.path, net, data_cfg, hparams, log, teacher)
+            run.replace_metrics(history)  # the final checkpoint's rows, earlier attempts' too
         else:
+            if resume is not None:  # rows the checkpoint has and metrics.csv may lack
+                run.replace_metrics(_checkpointed_rows(run.checkpoints))
             history = _train_local(net, bundle, hparams, device, run.checkpoints, resume, log,
                                    teacher)
         final = history[-1] if history else {}
@@ -281,6 +314,14 @@ def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log, te
     return outcome.history
 
 
+def _checkpointed_rows(checkpoint_dir: Path) -> list[dict[str, Any]]:
+    """The metrics rows the newest checkpoint holds (none before the first checkpoint)."""
+    from supernets.checkpoint import latest_checkpoint, read_checkpoint_meta
+
+    stem = latest_checkpoint(checkpoint_dir)
+    return [] if stem is None else list(read_checkpoint_meta(stem)["history"])
+
+
 def _announce_epochs_change(checkpoint_dir: Path, hparams, steps: int) -> None:
     from nasbench.progress import echo
     from supernets.checkpoint import latest_checkpoint, read_checkpoint_meta
@@ -306,14 +347,24 @@ class _TrackedLoader:
         return getattr(self.loader, name)
 
     def __iter__(self) -> Iterator[Any]:
+        return self._tracked(iter(self.loader), self.steps)
+
+    def iter_from(self, skip: int, before_first: Callable[[], None]) -> Iterator[Any]:
+        """The pass after its first `skip` batches (a mid-epoch resume, see `batches_from`)."""
+        from supernets.training.position import batches_from
+
+        return self._tracked(batches_from(self.loader, skip, before_first), self.steps - skip)
+
+    @staticmethod
+    def _tracked(batches: Iterator[Any], steps: int) -> Iterator[Any]:
         from nasbench.progress import track
 
         # The training loop stops after `steps` batches without asking for more, so the bar is
         # driven by its own ticks and finished before the last batch is handed over.
-        ticks = iter(track(range(self.steps), "training", total=self.steps))
-        for i, batch in enumerate(islice(self.loader, self.steps)):
+        ticks = iter(track(range(steps), "training", total=steps))
+        for i, batch in enumerate(islice(batches, steps)):
             next(ticks, None)
-            if i == self.steps - 1:
+            if i == steps - 1:
                 for _ in ticks:
                     pass
             yield batch

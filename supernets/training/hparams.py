@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasbench_core.errors import ConfigError
+from supernets.training import recipe_options
 from supernets.training.recipes import recipe
 
 OPTIMIZERS = ("sgd", "adamw")
-SAMPLINGS = ("sandwich", "uniform")
+SAMPLINGS = ("sandwich", "uniform", "attentive", "progressive", "pada")
 LR_SCHEDULES = ("cosine", "exp")
 REGULARIZE = ("all", "largest")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -36,6 +37,11 @@ class TrainHParams:
 
     Build from a config with `from_dict` (or `from_recipe`): they apply `recipe`'s defaults
     under the given keys. The constructor only records the recipe's name.
+
+    `checkpoint_every=N` adds a checkpoint every N optimizer steps, so a run killed mid-epoch
+    resumes from that step (bitwise exact on CPU) instead of its last epoch end. `sync_bn`
+    takes BN batch statistics over all DDP processes; in a single process it does nothing
+    (`train_supernet` warns once).
     """
 
     epochs: int = 10
@@ -53,7 +59,7 @@ class TrainHParams:
     drop_path: float | None = None  # on residual branches; None keeps the supernet's own rate
     regularize: str = "all"  # all | largest: which members train with dropout and drop-path
     label_smoothing: float = 0.1  # for members that learn from labels
-    sampling: str = "sandwich"  # sandwich | uniform
+    sampling: str = "sandwich"  # sandwich | uniform | attentive | progressive | pada
     num_random: int = 2  # random subnets per sandwich (besides largest and smallest)
     distill_temperature: float = 1.0  # softens teacher and student logits in the KL
     grad_clip: float | None = 1.0  # max global grad norm; None disables clipping
@@ -61,8 +67,16 @@ class TrainHParams:
     precision: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     bn_recal_batches: int = 10  # batches for BN recalibration before each validation
     val_max_batches: int | None = None  # cap on validation batches
-    keep_checkpoints: int = 2  # newest epoch checkpoints kept
+    keep_checkpoints: int = 2  # newest checkpoints kept (epoch and mid-epoch ones alike)
+    checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch)
+    sync_bn: bool = False  # under DDP with >1 process: BN statistics over the global batch
     recipe: str = "default"  # named preset of these fields (supernets.training.recipes)
+    # The sampling recipes' option sections (schemas in supernets.training.recipe_options),
+    # stored as plain dicts with every key; filled with defaults when `sampling` needs them.
+    attentive: dict[str, Any] | None = None  # sampling="attentive": {mode, candidates}
+    ofa_ps: dict[str, Any] | None = None  # sampling="progressive": {phases, phase_epochs}
+    pada: dict[str, Any] | None = None  # sampling="pada": {path, data, tau_start, tau_end}
+    distill_from_initial: bool = False  # KD targets: the frozen starting supernet's largest
 
     def __post_init__(self) -> None:
         recipe(self.recipe)
@@ -98,6 +112,9 @@ class TrainHParams:
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
         _check(self.sampling in SAMPLINGS, "sampling", self.sampling, f"one of {SAMPLINGS}")
         _check(self.num_random >= 0, "num_random", self.num_random, "an integer >= 0")
+        for key in recipe_options.SECTIONS:
+            object.__setattr__(self, key, recipe_options.normalize(
+                key, getattr(self, key), self.sampling))
         _check(
             self.distill_temperature > 0, "distill_temperature", self.distill_temperature,
             "a number > 0",
@@ -116,6 +133,10 @@ class TrainHParams:
             "val_max_batches", self.val_max_batches, "an integer >= 1 or null",
         )
         _check(self.keep_checkpoints >= 1, "keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
+        _check(
+            self.checkpoint_every is None or self.checkpoint_every >= 1,
+            "checkpoint_every", self.checkpoint_every, "an integer >= 1 or null",
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, *, prefix: str = "") -> TrainHParams:
@@ -168,6 +189,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         or (base is int and isinstance(value, int) and not isinstance(value, bool))
         or (base is float and isinstance(value, (int, float)) and not isinstance(value, bool))
         or (base is str and isinstance(value, str))
+        or (typing.get_origin(base) is dict and isinstance(value, Mapping))
     )
     if not ok:
         raise ConfigError(f"{key}: expected {base.__name__}, got {value!r}")

@@ -1,16 +1,19 @@
 """`train_supernet`: the one training function, used in-process and inside Ray Train workers.
 
 BigNAS sandwich rule with in-place distillation (or single-path uniform sampling), one
-optimizer step per sandwich, a per-step lr schedule, checkpoints every epoch and exact
-resume. Free of Ray: distributed callers pass `ddp_wrap` and shard the loaders themselves.
+optimizer step per sandwich, a per-step lr schedule, checkpoints every epoch (and every
+`checkpoint_every` steps) and exact resume, mid-epoch too. Free of Ray: distributed callers
+pass `ddp_wrap` and shard the loaders themselves.
 Recipe hooks (zero-init, per-member dropout/drop-path) live in `regularize`; an external
 teacher is any frozen module passed as `teacher`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -30,13 +33,18 @@ from supernets.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+    step_stem,
 )
 from supernets.space import Arch
 from supernets.training.hparams import TrainHParams
+from supernets.training.instatune import InitialTeacher
 from supernets.training.optim import build_optimizer, build_scheduler, lr_factor
+from supernets.training.planners import StepPlanner, build_planner
+from supernets.training.position import batches_from
 from supernets.training.regularize import MemberRegularization, zero_init_residual_
 from supernets.training.rng import capture_rng, loader_generators, restore_rng
 from supernets.training.sampling import Member, step_plan
+from supernets.training.sync_bn import synced_batchnorm
 
 MetricsFn = Callable[[dict[str, Any]], None]
 ProgressFn = Callable[[int, int, int], None]
@@ -86,6 +94,8 @@ def train_supernet(
     largest, lr, images/s); `on_progress(epoch, step, steps_per_epoch)` after every step.
     `ddp_wrap(net)` may wrap the net for DDP; archs are drawn from (arch_sampler_seed, step),
     so every worker trains the same subnets. Checkpoints are written by rank 0 only.
+    `cfg.sync_bn` syncs BN statistics when `ddp_wrap` is given and the process group has more
+    than one process; otherwise it warns and does nothing.
     `teacher` (a module mapping the batch to logits) is frozen and put in eval mode; its logits
     replace the largest subnet's as the distillation target of the other members, while the
     largest keeps learning from the labels.
@@ -95,6 +105,10 @@ def train_supernet(
     amp_dtype = autocast_dtype(cfg.precision, device)
     use_amp = amp_dtype is not None
     steps_per_epoch = _steps_per_epoch(train_loader, cfg)
+    planner = build_planner(cfg, net.space)  # recipe sampling hook (training.planners)
+    train_loader = planner.wrap_loader(train_loader)
+    if teacher is None and cfg.distill_from_initial:  # InstaTune: the starting weights teach
+        teacher = InitialTeacher(net)
     generators = loader_generators(train_loader)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     stem = latest_checkpoint(ckpt_dir) if resume and ckpt_dir is not None else None
@@ -108,12 +122,18 @@ def train_supernet(
         teacher = teacher.to(device).eval().requires_grad_(False)
 
     result = TrainResult(epochs_completed=0, global_step=0)
+    partial: EpochProgress | None = None
     if stem is not None:
         meta = load_checkpoint(stem, net, optimizer, scheduler)
         _check_resumable(stem, meta, cfg, arch_sampler_seed, steps_per_epoch)
         if scaler.is_enabled() and meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
-        restore_rng(meta["rng"], generators)
+        if meta.get("in_epoch"):  # mid-epoch: re-draw the epoch's order, the rest follows
+            partial = EpochProgress.from_meta(meta, device)
+            restore_rng(partial.epoch_rng, generators)
+        else:
+            restore_rng(meta["rng"], generators)
+        planner.load_state_dict(meta.get("planner", {}))
         result = TrainResult(
             epochs_completed=meta["epoch"],
             global_step=meta["global_step"],
@@ -124,13 +144,28 @@ def train_supernet(
 
     regularization = MemberRegularization(net, cfg)
     ctx = StepContext(model, net, optimizer, scheduler, scaler, cfg, device, use_amp,
-                      amp_dtype or torch.float16, teacher, regularization)
+                      amp_dtype or torch.float16, teacher, regularization, planner)
+    saver = Checkpointer(ckpt_dir, arch_sampler_seed, steps_per_epoch, generators)
     try:
-        _train_epochs(ctx, result, train_loader, val_loader, recal_loader, steps_per_epoch,
-                      arch_sampler_seed, ckpt_dir, generators, on_metrics, on_progress)
+        with synced_batchnorm(net, _sync_bn(cfg, ddp_wrap)):
+            _train_epochs(ctx, result, train_loader, val_loader, recal_loader, steps_per_epoch,
+                          arch_sampler_seed, saver, partial, on_metrics, on_progress)
     finally:
         regularization.restore()
     return result
+
+
+def _sync_bn(cfg: TrainHParams, ddp_wrap: Callable | None) -> bool:
+    """Whether BN syncs: `cfg.sync_bn` under DDP with more than one process (else a warning)."""
+    if not cfg.sync_bn:
+        return False
+    dist = torch.distributed
+    if ddp_wrap is not None and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1:
+        return True
+    warnings.warn("train.sync_bn has no effect: training runs in one process (no DDP group)",
+                  stacklevel=3)
+    return False
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -149,16 +184,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def _train_epochs(
     ctx: StepContext, result: TrainResult, train_loader: Iterable, val_loader: Iterable | None,
     recal_loader: Iterable | None, steps_per_epoch: int, arch_sampler_seed: int,
-    ckpt_dir: Path | None, generators: Any, on_metrics: MetricsFn | None,
+    saver: Checkpointer, partial: EpochProgress | None, on_metrics: MetricsFn | None,
     on_progress: ProgressFn | None,
 ) -> None:
-    """The epochs from `result.epochs_completed` on: train, validate, checkpoint, report."""
+    """The epochs from `result.epochs_completed` on (the first from `partial`'s step when
+    resumed mid-epoch): train, validate, checkpoint, report. The epoch's metrics row is in the
+    checkpoint's history before `on_metrics` sees it: a crash between the two loses no row,
+    the runner rebuilds its metrics file from the checkpoint."""
     net, cfg, device = ctx.net, ctx.cfg, ctx.device
-    optimizer, scheduler, scaler = ctx.optimizer, ctx.scheduler, ctx.scaler
     for epoch in range(result.epochs_completed, cfg.epochs):
-        row = _train_epoch(ctx, train_loader, epoch, steps_per_epoch, result.global_step,
-                           arch_sampler_seed, on_progress)
-        result.global_step += row.pop("steps")
+        progress = partial or EpochProgress(capture_rng(saver.generators),
+                                            copy.deepcopy(_planner_state(ctx)))
+        partial = None
+        row = _train_epoch(ctx, train_loader, epoch, steps_per_epoch, result,
+                           arch_sampler_seed, on_progress, progress, saver)
         row.update(
             _validate(net, val_loader, recal_loader or train_loader, cfg, device)
             if val_loader is not None
@@ -166,23 +205,83 @@ def _train_epochs(
         )
         result.epochs_completed = epoch + 1
         result.history.append(row)
-        if ckpt_dir is not None and _is_main_process():
-            result.checkpoint = save_checkpoint(
-                epoch_stem(ckpt_dir, epoch + 1), net, optimizer, scheduler,
-                meta={
-                    "epoch": epoch + 1,
-                    "global_step": result.global_step,
-                    "hparams": cfg.to_dict(),
-                    "arch_sampler_seed": arch_sampler_seed,
-                    "steps_per_epoch": steps_per_epoch,
-                    "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "history": result.history,
-                    "rng": capture_rng(generators),
-                },
-            )
-            prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+        saver.save(ctx, result, epoch_stem)
         if on_metrics is not None:
             on_metrics(dict(row))
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: steps and images, loss sums per role, time, and the RNG and planner
+    states of its start (they re-draw its data order). A mid-epoch checkpoint stores it as
+    `in_epoch`; resuming restores `resume_rng` (the RNG at the checkpoint) right before the
+    next batch is loaded and `resume_planner` after the epoch's `begin_epoch`."""
+
+    epoch_rng: dict[str, Any]
+    epoch_planner: dict[str, Any]
+    steps: int = 0
+    images: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+    lr: float | None = None
+    resume_rng: dict[str, Any] | None = None
+    resume_planner: dict[str, Any] | None = None
+
+    def to_meta(self) -> dict[str, Any]:
+        return {"steps": self.steps, "images": self.images, "elapsed_s": self.elapsed,
+                "lr": self.lr, "sums": {k: float(v) for k, v in self.sums.items()},
+                "counts": dict(self.counts), "epoch_rng": self.epoch_rng,
+                "epoch_planner": self.epoch_planner}
+
+    @classmethod
+    def from_meta(cls, meta: Mapping[str, Any], device: torch.device) -> EpochProgress:
+        """From a mid-epoch checkpoint's JSON: float32 loss sums round-trip exactly."""
+        part = meta["in_epoch"]
+        sums = {k: torch.tensor(v, dtype=torch.float32, device=device)
+                for k, v in part["sums"].items()}
+        return cls(part["epoch_rng"], part["epoch_planner"], int(part["steps"]),
+                   int(part["images"]), sums, dict(part["counts"]), float(part["elapsed_s"]),
+                   part["lr"], meta["rng"], meta.get("planner", {}))
+
+
+@dataclass
+class Checkpointer:
+    """Writes the run's checkpoints (rank 0 only) and prunes old ones."""
+
+    directory: Path | None
+    arch_sampler_seed: int
+    steps_per_epoch: int
+    generators: list[torch.Generator]
+
+    def save(self, ctx: StepContext, result: TrainResult, stem: Callable[..., Path],
+             progress: EpochProgress | None = None) -> None:
+        """A checkpoint of `result`'s state; with `progress`, a mid-epoch one."""
+        if self.directory is None or not _is_main_process():
+            return
+        cfg, scaler = ctx.cfg, ctx.scaler
+        meta = {
+            "epoch": result.epochs_completed,
+            "global_step": result.global_step,
+            "hparams": cfg.to_dict(),
+            "arch_sampler_seed": self.arch_sampler_seed,
+            "steps_per_epoch": self.steps_per_epoch,
+            "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "history": result.history,
+            "rng": capture_rng(self.generators),
+            "planner": _planner_state(ctx),
+        }
+        where: tuple[int, ...] = (result.epochs_completed,)
+        if progress is not None:
+            meta["in_epoch"] = progress.to_meta()
+            where += (progress.steps,)
+        result.checkpoint = save_checkpoint(stem(self.directory, *where), ctx.net, ctx.optimizer,
+                                            ctx.scheduler, meta=meta)
+        prune_checkpoints(self.directory, cfg.keep_checkpoints)
+
+
+def _planner_state(ctx: StepContext) -> dict[str, Any]:
+    return ctx.planner.state_dict() if ctx.planner is not None else {}
 
 
 def evaluate_arch(
@@ -237,6 +336,7 @@ class StepContext:
     amp_dtype: torch.dtype = torch.float16
     teacher: nn.Module | None = None  # external, frozen: its logits are the KD targets
     regularization: MemberRegularization | None = None
+    planner: StepPlanner | None = None  # None: plain `step_plan` (sandwich / uniform)
 
 
 def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, members: list[Member]) -> dict:
@@ -274,6 +374,8 @@ def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, members: list
         if member.role == "largest" and ctx.teacher is None:
             target = logits.detach()
         losses.setdefault(member.role, []).append(loss.detach())
+    if ctx.planner is not None:  # recipe hook: what the step saw, before clipping
+        ctx.planner.observe(ctx, members, logits.detach(), y)
     if cfg.grad_clip is not None:
         ctx.scaler.unscale_(ctx.optimizer)
         nn.utils.clip_grad_norm_(ctx.net.parameters(), cfg.grad_clip)
@@ -301,33 +403,55 @@ def _train_epoch(
     loader: Iterable,
     epoch: int,
     steps_per_epoch: int,
-    first_step: int,
+    result: TrainResult,
     seed: int,
     on_progress: ProgressFn | None,
+    progress: EpochProgress,
+    saver: Checkpointer,
 ) -> dict[str, Any]:
-    cfg = ctx.cfg
+    """Train `epoch` from `progress.steps` on, advancing `result.global_step`; checkpoint every
+    `cfg.checkpoint_every` steps (not on the epoch's last: its checkpoint follows validation)."""
+    cfg, p = ctx.cfg, progress
     ctx.net.train()
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    images = steps = 0
-    lr = ctx.optimizer.param_groups[0]["lr"]
-    start = time.perf_counter()
-    for x, y in islice(loader, steps_per_epoch):
+    first_step = result.global_step - p.steps
+    if ctx.planner is not None:
+        if p.resume_planner is not None:
+            ctx.planner.load_state_dict(p.epoch_planner)
+        ctx.planner.begin_epoch(epoch, seed)
+        if p.resume_planner is not None:
+            ctx.planner.load_state_dict(p.resume_planner)
+    if p.resume_rng is not None:
+        resume_rng = p.resume_rng
+        batches = batches_from(loader, p.steps, lambda: restore_rng(resume_rng))
+    else:
+        batches = iter(loader)
+    lr = p.lr if p.lr is not None else ctx.optimizer.param_groups[0]["lr"]
+    start = time.perf_counter() - p.elapsed
+    for x, y in islice(batches, steps_per_epoch - p.steps):
         x = x.to(ctx.device, non_blocking=True)
         y = y.to(ctx.device, non_blocking=True)
-        members = step_plan(ctx.net.space, cfg.sampling, cfg.num_random, seed, first_step + steps)
+        step = first_step + p.steps
+        members = (step_plan(ctx.net.space, cfg.sampling, cfg.num_random, seed, step)
+                   if ctx.planner is None
+                   else ctx.planner.plan(ctx, x, y, seed, step, epoch))
         lr = ctx.optimizer.param_groups[0]["lr"]
         for role, values in train_step(ctx, x, y, members).items():
-            sums[role] = sums.get(role, 0.0) + torch.stack(values).sum()
-            counts[role] = counts.get(role, 0) + len(values)
-        images += y.shape[0]
-        steps += 1
+            p.sums[role] = p.sums.get(role, 0.0) + torch.stack(values).sum()
+            p.counts[role] = p.counts.get(role, 0) + len(values)
+        p.images += y.shape[0]
+        p.steps += 1
+        result.global_step = first_step + p.steps
+        if cfg.checkpoint_every and result.global_step % cfg.checkpoint_every == 0 \
+                and p.steps < steps_per_epoch:
+            p.elapsed, p.lr = time.perf_counter() - start, lr
+            saver.save(ctx, result, step_stem, p)
         if on_progress is not None:
-            on_progress(epoch, steps, steps_per_epoch)
+            on_progress(epoch, p.steps, steps_per_epoch)
     elapsed = time.perf_counter() - start
+    steps, images, sums, counts = p.steps, p.images, p.sums, p.counts
     if steps == 0:
         raise UserError("the training data loader yielded no batches; check the dataset and batch size")
-    row: dict[str, Any] = {"epoch": epoch + 1, "step": first_step + steps, "steps": steps, "lr": lr}
+    row: dict[str, Any] = {"epoch": epoch + 1, "step": first_step + steps, "lr": lr}
     for role in ("largest", "smallest", "random", "uniform"):
         if role in sums:
             value = float(sums[role]) / counts[role]
@@ -370,6 +494,8 @@ def _steps_per_epoch(loader: Iterable, cfg: TrainHParams) -> int:
 
 EXTENDABLE = ("epochs",)
 """Settings a resume may change: more epochs stretch the schedule (see `epochs_change`)."""
+BOOKKEEPING = ("checkpoint_every",)
+"""Settings a resume may change freely: they decide what is saved, not what is trained."""
 
 
 def epochs_change(meta: Mapping[str, Any], cfg: TrainHParams, steps_per_epoch: int) -> str | None:
@@ -393,7 +519,7 @@ def _check_resumable(stem: Path, meta: dict, cfg: TrainHParams, seed: int, steps
     # Keys a checkpoint lacks were added later: it trained with their defaults.
     saved = {**TrainHParams().to_dict(), **meta.get("hparams", {})}
     changed = sorted(k for k, v in cfg.to_dict().items()
-                     if saved.get(k) != v and k not in EXTENDABLE)
+                     if saved.get(k) != v and k not in EXTENDABLE + BOOKKEEPING)
     epochs_change(meta, cfg, steps)  # refuses fewer epochs than the run already trained
     if changed:
         key = changed[0]

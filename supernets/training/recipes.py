@@ -44,6 +44,39 @@ RECIPES: dict[str, Recipe] = {
                 "sampling": "sandwich",
             }),
         ),
+        Recipe(
+            "attentivenas",
+            "AttentiveNAS (Wang et al. 2021): the sandwich's middle children are the best "
+            "(BestUp; worst_up: WorstUp) of 5 random candidates by minibatch loss "
+            "(train.attentive: {mode, candidates})",
+            MappingProxyType({"sampling": "attentive"}),
+        ),
+        Recipe(
+            "ofa_ps",
+            "OFA progressive shrinking (Cai et al. 2020): the largest alone, then elastic kernel, "
+            "depth, expand and width released phase by phase, the rest at the maximum, distilled from "
+            "the largest (train.ofa_ps: {phases, phase_epochs})",
+            MappingProxyType({"sampling": "progressive"}),
+        ),
+        Recipe(
+            "pada",
+            "PA&DA (Lu et al. 2023): single-path training, paths drawn per dimension in "
+            "proportion to their gradient norms and examples in proportion to |softmax - "
+            "onehot|, both ramped in from uniform (train.pada: {path, data, tau_start, tau_end})",
+            MappingProxyType({"sampling": "pada", "grad_clip": 5.0}),
+        ),
+        Recipe(
+            "instatune",
+            "InstaTune (Sridhar et al. 2023): elastic fine-tuning of a pretrained model "
+            "(supernet.from_timm with weights, or from_ofa): lr 0.005 after a short warmup, "
+            "every non-largest member distilled from the frozen original model",
+            MappingProxyType({
+                "distill_from_initial": True,
+                "lr": 0.005,
+                "warmup_epochs": 0.25,
+                "sampling": "sandwich",
+            }),
+        ),
     )
 }
 
