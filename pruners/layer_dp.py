@@ -234,13 +234,17 @@ class DPStep:
 
 def dp_step(model: nn.Module, targets: Sequence[Target], inputs: torch.Tensor, k: int,
             o: LayerDPOptions, *, prices: Sequence[int] | None = None,
-            on_progress: Progress | None = None, label: str = "layer_dp") -> DPStep:
-    """Measure the curves (as `o.curves` says) on the model as it is and solve the DP for k."""
+            on_progress: Progress | None = None, label: str = "layer_dp",
+            sampler: CurveSampler | None = None) -> DPStep:
+    """Measure the curves (as `o.curves` says) on the model as it is and solve the DP for k.
+    `sampler`: measure through this one instead (e.g. one replaying stored curves, to compare
+    refinement schedules without forwards); its grid must have `o.num_amounts` amounts."""
     amounts = np.linspace(0.0, 1.0, o.num_amounts)
     method = "reference" if o.curves == "reference" else "cached"
-    sampler = CurveSampler(model, targets, inputs, amounts, worst_case=o.worst_case,
-                           batch_size=o.batch_size, amount_batch=o.amount_batch, method=method,
-                           on_progress=on_progress)
+    if sampler is None:
+        sampler = CurveSampler(model, targets, inputs, amounts, worst_case=o.worst_case,
+                               batch_size=o.batch_size, amount_batch=o.amount_batch,
+                               method=method, on_progress=on_progress)
     sizes = [t.numel for t in targets]
     caps = [n - keep for n, keep in zip(sizes, min_keep_counts(sizes, o.min_keep), strict=True)]
 

@@ -13,18 +13,23 @@ channel importance are ours:
 - `global_magnitude`: one ranking of all channels, each group's scores divided by its mean
   (`normalize`), else a group with many coupled weights would never lose a channel;
 - `layer_dp`: output distortion measured per group and amount, then the layer-DP solve
-  (`pruners.layer_dp.solve_dp`, one budget unit per channel) — see `pruners.shrink_dp`.
+  (`pruners.layer_dp.solve_dp`) — see `pruners.shrink_dp`. Its `budget` says what `amount`
+  counts: `channels` (default), or `params` / `macs`, the fraction of the prunable parameters
+  (or multiply-accumulates) removed, each channel costing what removing it really removes
+  (`pruners.shrink_costs`).
 
-`amount` is the fraction of the prunable channels removed, exactly round(amount·C) of them;
-within a group the least important go first (ties: lower channel index first). Every group keeps
-at least `min_keep` channels. Groups that feed the model's output stay whole (the classes do not
-change), as do groups touching a grouped (non-depthwise) convolution.
+`amount` is otherwise the fraction of the prunable channels removed, exactly round(amount·C) of
+them; within a group the least important go first (ties: lower channel index first). Every
+group keeps at least `min_keep` channels (a count, or a fraction of the group, rounded up).
+Groups that feed the model's output stay whole (the classes do not change), as do groups
+touching a grouped (non-depthwise) convolution.
 """
 
 from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -52,7 +57,7 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
 
 class ShrinkOptions(PrunerOptions):
     importance: Literal["l1", "l2"] = "l2"
-    min_keep: Annotated[int, Field(ge=1)] = 1
+    min_keep: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0.0, lt=1.0)] = 1
     ignore: list[str] = Field(default_factory=list)  # module-name globs whose channels stay
 
 
@@ -61,6 +66,10 @@ class GlobalShrinkOptions(ShrinkOptions):
 
 
 class DPShrinkOptions(ShrinkOptions):
+    """`budget`: `channels` removes round(amount·C) channels; `params` / `macs` remove at least
+    amount × the prunable parameters / MACs (and less than one more channel's worth)."""
+
+    budget: Literal["channels", "params", "macs"] = "channels"
     num_samples: Annotated[int, Field(ge=1)] = 256
     num_amounts: Annotated[int, Field(ge=2)] = 21
     batch_size: Annotated[int, Field(ge=1)] = 64
@@ -70,13 +79,14 @@ class DPShrinkOptions(ShrinkOptions):
 @dataclass
 class ChannelGroup:
     """Coupled channels: removing root channel r removes, in each module of `outputs`, its
-    output channels `outputs[name][r]` (several for a flatten), and the matching inputs of the
-    consumers. `scores[r]` is the channel importance."""
+    output channels `outputs[name][r]` (several for a flatten), and in each module of `inputs`
+    the input channels `inputs[name][r]` (the consumers). `scores[r]` is the channel importance."""
 
     root: str
     channels: int
     scores: torch.Tensor
     outputs: dict[str, dict[int, list[int]]] = field(repr=False)
+    inputs: dict[str, dict[int, list[int]]] = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -87,6 +97,7 @@ class ChannelPlan:
     removed: list[list[int]]
     method: str = ""
     amount: float = 0.0
+    budget: str = "channels"  # what `amount` is a fraction of (`DPShrinkOptions.budget`)
 
     @property
     def channels(self) -> int:
@@ -97,15 +108,19 @@ class ChannelPlan:
         return sum(len(r) for r in self.removed)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "amount": self.amount, "channels": self.channels,
+        return {"method": self.method, "amount": self.amount, "budget": self.budget,
+                "channels": self.channels,
                 "pruned": self.pruned,
                 "groups": [{"root": g.root, "channels": g.channels, "removed": r}
                            for g, r in zip(self.groups, self.removed, strict=True)]}
 
 
 def register_shrinker(name: str, *, options: type[ShrinkOptions] = ShrinkOptions,
-                      needs: Sequence[str] = ()) -> Callable[[Allocator], Allocator]:
-    return SHRINKERS.register(name, options=options, needs=tuple(needs))
+                      needs: Sequence[str] = (), check: Callable[..., None] | None = None
+                      ) -> Callable[[Allocator], Allocator]:
+    """`check(model, groups, amount, options, caps=, example_input=)`: the method's own
+    feasibility test, run before any allocation (and by `check_shrink`); raises PruneError."""
+    return SHRINKERS.register(name, options=options, needs=tuple(needs), check=check)
 
 
 def validate_shrink_options(method: str, options: dict[str, Any], *, where: str = "kwargs") -> dict[str, Any]:
@@ -174,6 +189,7 @@ def channel_groups(model: nn.Module, DG: tp.DependencyGraph, importance: str = "
         channels = DG.get_out_channels(root)
         scores = torch.zeros(channels)
         outputs: dict[str, dict[int, list[int]]] = {}
+        inputs: dict[str, dict[int, list[int]]] = {}
         keep_whole = False
         for item in group:
             node, layer = item.dep.target, item.dep.target.module
@@ -187,16 +203,15 @@ def channel_groups(model: nn.Module, DG: tp.DependencyGraph, importance: str = "
                 continue
             if is_out and any(fnmatch.fnmatchcase(name, pat) for pat in ignore):
                 keep_whole = True
-            if is_out:
-                per_root = outputs.setdefault(name, {})
-                for idx, r in zip(item.idxs, item.root_idxs, strict=True):
-                    per_root.setdefault(int(r), []).append(int(idx))
+            per_root = (outputs if is_out else inputs).setdefault(name, {})
+            for idx, r in zip(item.idxs, item.root_idxs, strict=True):
+                per_root.setdefault(int(r), []).append(int(idx))
             local = _slice_scores(layer, is_out, p)
             if local is not None:
                 scores.index_add_(0, torch.as_tensor(item.root_idxs, dtype=torch.long),
                                   local[torch.as_tensor(item.idxs, dtype=torch.long)].cpu())
         if not keep_whole:
-            out.append(ChannelGroup(names[root], channels, scores, outputs))
+            out.append(ChannelGroup(names[root], channels, scores, outputs, inputs))
     return out
 
 
@@ -206,16 +221,29 @@ def least_important(scores: torch.Tensor, count: int) -> list[int]:
     return sorted(int(i) for i in order[:count])
 
 
-def _groups(model: nn.Module, amount: float, example_input: torch.Tensor,
+def keep_count(min_keep: int | float, channels: int) -> int:
+    """Channels a group keeps at least: a count, or ⌈fraction·C⌉ (at least 1)."""
+    return min_keep if isinstance(min_keep, int) else max(1, math.ceil(min_keep * channels))
+
+
+def _budget(o: ShrinkOptions) -> str:
+    return getattr(o, "budget", "channels")
+
+
+def _groups(model: nn.Module, method: str, amount: float, example_input: torch.Tensor,
             o: ShrinkOptions) -> tuple[list[ChannelGroup], int, list[int]]:
-    """The scored groups, the channel count to remove and each group's cap, or a PruneError."""
+    """The scored groups, the channel count to remove and each group's cap, or a PruneError
+    (from the method's own `check` too)."""
     groups = channel_groups(model, dependency_graph(model, example_input), o.importance, o.ignore)
     total = sum(g.channels for g in groups)
     n_remove = round(amount * total)
-    caps = [max(0, g.channels - o.min_keep) for g in groups]
-    if n_remove > sum(caps):
+    caps = [max(0, g.channels - keep_count(o.min_keep, g.channels)) for g in groups]
+    if _budget(o) == "channels" and n_remove > sum(caps):
         raise PruneError(f"cannot remove {n_remove} of {total} channels keeping min_keep={o.min_keep} "
                          f"per group (at most {sum(caps)})")
+    check = SHRINKERS.entry(method).meta["check"]
+    if check is not None:
+        check(model, groups, amount, o, caps=caps, example_input=example_input)
     return groups, n_remove, caps
 
 
@@ -223,7 +251,7 @@ def check_shrink(model: nn.Module, method: str, amount: float, *, example_input:
                  **options: Any) -> None:
     """What `plan_channels` checks before it allocates (method, options, amount, the groups'
     room), touching nothing: a runner calls it before it creates a run directory."""
-    _groups(model, check_amount(amount), example_input, SHRINKERS.validate(method, options))
+    _groups(model, method, check_amount(amount), example_input, SHRINKERS.validate(method, options))
 
 
 def plan_channels(model: nn.Module, method: str, amount: float, *, example_input: torch.Tensor,
@@ -235,12 +263,14 @@ def plan_channels(model: nn.Module, method: str, amount: float, *, example_input
     if data is not None and not needs:
         raise PruneError(f"structured method {method!r} uses no calibration data")
     o = SHRINKERS.validate(method, options)
-    groups, n_remove, caps = _groups(model, amount, example_input, o)
-    counts = entry.obj(model, groups, n_remove, o, caps=caps, example_input=example_input, **needs)
-    if sum(counts) != n_remove or any(c > cap for c, cap in zip(counts, caps, strict=True)):
+    groups, n_remove, caps = _groups(model, method, amount, example_input, o)
+    counts = entry.obj(model, groups, n_remove, o, caps=caps, example_input=example_input,
+                       amount=amount, **needs)
+    exact = _budget(o) != "channels" or sum(counts) == n_remove
+    if not exact or any(not 0 <= c <= cap for c, cap in zip(counts, caps, strict=True)):
         raise PruneError(f"internal: {method!r} allocated {sum(counts)} channels, not {n_remove}")
     removed = [least_important(g.scores, c) for g, c in zip(groups, counts, strict=True)]
-    return ChannelPlan(groups, removed, method, amount)
+    return ChannelPlan(groups, removed, method, amount, _budget(o))
 
 
 def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any], *,

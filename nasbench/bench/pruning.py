@@ -19,7 +19,8 @@ Parts (`--set parts=speed,dp,quality,structured`):
   onnxruntime latency of ResNet-18 at 50% channels, accuracy after the same fine-tune on
   mnist5k (see `nasbench/bench/_pruning_structured.py`).
 - `layer_dp`: fast layer-DP (cached suffixes, coarse-to-fine amounts) against the reference
-  computation on ResNet-18, 1,024 images, K=101 (see `nasbench/bench/_pruning_dp.py`).
+  computation on ResNet-18, 1,024 images, K=101, and other amount schedules replayed on the
+  measured curves (see `nasbench/bench/_pruning_dp.py`).
 - `quality`: mnist5k accuracy/distortion table (see `nasbench/bench/_pruning_quality.py`);
   `--set quality=full` for the full table (2 models x 2 seeds x 5 sparsities), else a quick one.
 """
