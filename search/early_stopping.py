@@ -19,7 +19,8 @@ learn from the archs that were worth finishing, as in the paper.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.stats import norm
@@ -43,10 +44,13 @@ class CurveRegressor:
     curve that gain is small, so an RBF model's smoothing costs little, where regressing
     y_horizon itself made f_9 worse than simply taking the last value."""
 
-    def __init__(self, horizon: int, *, folds: int = 5) -> None:
+    def __init__(self, horizon: int, *, lengths: Sequence[int] | None = None, folds: int = 5) -> None:
         if horizon < 2:
             raise ValueError(f"a learning curve needs at least 2 epochs, got horizon={horizon}")
         self.horizon = horizon
+        self.lengths = list(range(1, horizon)) if lengths is None else sorted(set(lengths))
+        if not all(1 <= t < horizon for t in self.lengths):
+            raise ValueError(f"curve lengths must be in 1..{horizon - 1}, got {self.lengths}")
         self.folds = folds
         self.models: dict[int, object] = {}
         self.residual_std: dict[int, float] = {}
@@ -60,14 +64,14 @@ class CurveRegressor:
         return make_pipeline(StandardScaler(), NuSVR(kernel="rbf", nu=0.5, C=1.0))
 
     def fit(self, features: np.ndarray, curves: np.ndarray) -> CurveRegressor:
-        """Fit f_t for every t on complete `curves` (n x horizon) of archs with `features`."""
+        """Fit f_t for each t in `lengths` on complete `curves` (n x horizon) of archs with `features`."""
         from sklearn.model_selection import KFold, cross_val_predict
 
         curves = np.asarray(curves, dtype=float)
         if curves.ndim != 2 or curves.shape[1] != self.horizon:
             raise ValueError(f"curves must be n x {self.horizon}, got shape {curves.shape}")
         folds = KFold(n_splits=min(self.folds, len(curves)), shuffle=True, random_state=0)
-        for t in range(1, self.horizon):
+        for t in self.lengths:
             X = curve_features(features, curves[:, :t])
             gain = curves[:, -1] - curves[:, t - 1]
             held_out = cross_val_predict(self._model(), X, gain, cv=folds)
@@ -80,7 +84,7 @@ class CurveRegressor:
         prefixes = np.atleast_2d(np.asarray(prefixes, dtype=float))
         t = prefixes.shape[1]
         if t not in self.models:
-            raise ValueError(f"no model for curves of length {t} (fitted: 1..{self.horizon - 1})")
+            raise ValueError(f"no model for curves of length {t} (fitted: {self.lengths})")
         X = curve_features(np.atleast_2d(features), prefixes)
         return prefixes[:, -1] + self.models[t].predict(X), self.residual_std[t]
 
@@ -100,20 +104,31 @@ def needed_accuracy(front_acc: np.ndarray, front_costs: np.ndarray, costs: np.nd
 
 @dataclass
 class CurveStopper:
-    """Decides after each epoch whether an arch's training goes on; learns from complete curves.
+    """Decides, at the epochs `decide_at`, whether an arch's training goes on; learns from
+    complete curves.
 
     `min_curves` complete curves are needed before anything is stopped; no arch stops before
-    `min_epochs`; the models are refitted after every `refit_every` new complete curves."""
+    `min_epochs`; the models are refitted after every `refit_every` new complete curves.
+    `decide_at` defaults to every epoch from `min_epochs` on for curves of up to 20 epochs, and
+    to 10 evenly spaced epochs for longer ones (NAS-Bench-201's 200), since each decision
+    epoch is one regression model to fit."""
 
     horizon: int
     min_epochs: int = 3
     min_curves: int = 10
     delta: float = 0.05
     refit_every: int = 5
+    decide_at: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_epochs < self.horizon:
             raise ValueError(f"min_epochs must be in 1..{self.horizon - 1}, got {self.min_epochs}")
+        if not self.decide_at:
+            span = range(self.min_epochs, self.horizon)
+            self.decide_at = (list(span) if len(span) <= 20 else
+                              sorted({int(round(t)) for t in np.linspace(span[0], span[-1], 10)}))
+        if not all(self.min_epochs <= t < self.horizon for t in self.decide_at):
+            raise ValueError(f"decide_at epochs must be in {self.min_epochs}..{self.horizon - 1}")
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
         if self.min_curves < 2:
@@ -135,8 +150,8 @@ class CurveStopper:
         if n < self.min_curves:
             return None
         if self._regressor is None or n - self._fitted_on >= self.refit_every:
-            self._regressor = CurveRegressor(self.horizon).fit(np.vstack(self._features),
-                                                               np.vstack(self._curves))
+            self._regressor = CurveRegressor(self.horizon, lengths=self.decide_at).fit(
+                np.vstack(self._features), np.vstack(self._curves))
             self._fitted_on = n
         return self._regressor
 
@@ -151,8 +166,8 @@ class CurveStopper:
         return float(norm.sf(needed, loc=float(mean[0]), scale=max(std, 1e-6)))
 
     def should_stop(self, features: np.ndarray, prefix: np.ndarray, needed: float) -> bool:
-        """Stop after `len(prefix)` epochs when P(final > needed) < delta."""
-        if not self.min_epochs <= len(prefix) < self.horizon:
+        """Stop after `len(prefix)` epochs (a decision epoch) when P(final > needed) < delta."""
+        if len(prefix) not in self.decide_at:
             return False
         return self.probability_of_reaching(features, prefix, needed) < self.delta
 
@@ -184,8 +199,9 @@ def replay(curves: np.ndarray, features: np.ndarray, costs: np.ndarray, order: n
     front: np.ndarray = np.empty(0, dtype=int)
     for i in order:
         needed = needed_accuracy(curves[front, -1], costs[front], costs[i])
-        stopped_at = next((t for t in range(1, horizon) if stopper is not None
-                           and stopper.should_stop(features[i], curves[i, :t], needed)), None)
+        decide_at = stopper.decide_at if stopper is not None else []
+        stopped_at = next((t for t in decide_at
+                           if stopper.should_stop(features[i], curves[i, :t], needed)), None)
         spent.append(horizon if stopped_at is None else stopped_at)
         complete.append(stopped_at is None)
         if stopped_at is None:

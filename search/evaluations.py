@@ -31,6 +31,7 @@ import pandas as pd
 
 from nasbench_core.atomic import atomic_path
 from nasbench_core.errors import RunError, UserError
+from nasbench_core.readers import read_parquet, read_parquet_schema
 from search.objectives import Objective
 from search.pareto import pareto_mask
 
@@ -261,9 +262,7 @@ def _nasbench_metadata(schema) -> dict:
 
 def read_metadata(path: str | Path) -> dict:
     """The nasbench metadata of a table ({} if it has none), without reading its rows."""
-    import pyarrow.parquet as pq
-
-    return _nasbench_metadata(pq.read_schema(path))
+    return _nasbench_metadata(read_parquet_schema(path, RunError))
 
 
 def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
@@ -273,12 +272,10 @@ def read_table(path: str | Path) -> tuple[pd.DataFrame, dict]:
     metadata's units so plots can label axes. Rows of the table's journal (`log_path`) that the
     file lacks, written after its last compaction by a search that was then killed, are added.
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.is_file():
         raise RunError(f"evaluations table {path} does not exist")
-    table = pq.read_table(path)
+    table = read_parquet(path, RunError)
     metadata = _nasbench_metadata(table.schema)
     df = table_dtypes(table.to_pandas().drop(columns=["is_pareto"], errors="ignore"))
     df = merge_log(df, read_log(log_path(path)))

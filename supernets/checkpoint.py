@@ -31,6 +31,9 @@ from before that (their router saw inactive blocks' choices) would compute other
 _EPOCH_STEM = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")
 
 
+# Keys every checkpoint document has had since its format: the loaders index them directly.
+DOC_KEYS = ("build_config", "space_fingerprint")
+
 def save_checkpoint(
     path_stem: str | Path,
     net: nn.Module,
@@ -189,6 +192,10 @@ def _read_doc(stem: Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {stem}.json is unreadable: {exc}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise CheckpointError(f"{stem}.json is not a nasbench checkpoint (format {FORMAT})")
+    missing = [key for key in DOC_KEYS if key not in doc]
+    if missing or not isinstance(doc["build_config"], dict):
+        raise CheckpointError(f"checkpoint {stem}.json lacks {missing or ['a build_config object']} "
+                              "(truncated or edited by hand?)")
     return doc
 
 

@@ -3,6 +3,7 @@ and no new file, whatever the command. Plus the secrets, SIGTERM and `submit` gu
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pickle
@@ -182,8 +183,193 @@ CASES: list[tuple[str, list[str], Files, str]] = [
 ]
 
 
-def _listing(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+# -- corrupted and truncated files -------------------------------------------------------------
+# Real artifacts (a train run with its checkpoint, a search run, a latency run with a fitted
+# predictor and lookup table) are made once per session, then each case copies one and breaks a
+# file in it: every reader must name the file in one line and write nothing.
+
+_REAL: dict[str, Path] = {}
+_TINY = ["--quiet", "--set", "data.name=synthetic", "--set", "data.limit=32",
+         "--set", "data.batch_size=16"]
+
+
+def _real(kind: str) -> Path:
+    """The session's real `kind` run ("train", "search" or "latency"), made on first use."""
+    import shutil
+    import tempfile
+
+    from nasbench.cli import main
+
+    if kind not in _REAL:
+        root = Path(tempfile.mkdtemp(prefix="h19-real-"))
+        atexit.register(shutil.rmtree, root, True)
+        args = {
+            "train": ["train", *_TINY, "--set", "train.epochs=1", "--set", "train.warmup_epochs=0",
+                      "--set", "train.num_random=0", "--set", "train.bn_recal_batches=1",
+                      "--set", "train.val_max_batches=1"],
+            "search": ["search", *_TINY, "--set", "budget=2", "--set", "evaluation.bn_batches=1",
+                       "--set", "evaluation.val_batches=1"],
+            "latency": ["latency", "measure", "--quiet", "--set", "latency.n=24",
+                        "--set", "latency.repeats=2"],
+        }[kind]
+        commands = [[*args, "--set", f"run.root={root}", "--set", f"run.name={kind}"]]
+        if kind == "latency":
+            commands += [["latency", "fit", str(root / kind), "--force"],
+                         ["latency", "fit", str(root / kind), "--force", "--lut"]]
+        for command in commands:
+            try:
+                main(command)
+            except SystemExit as exc:
+                assert not exc.code, f"{command}: exit {exc.code}"
+        _REAL[kind] = root / kind
+    return _REAL[kind]
+
+
+def _half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garbage(path: Path) -> None:
+    """The same 1 KiB of noise every run (a failing case must fail again)."""
+    import random
+
+    path.write_bytes(random.Random(19).randbytes(1024))
+
+
+def _not_json(path: Path) -> None:
+    path.write_text("{not json", encoding="utf-8")
+
+
+def _drop_keys(*keys: str) -> Callable[[Path], None]:
+    def drop(path: Path) -> None:
+        doc = json.loads(path.read_text())
+        for key in keys:
+            doc.pop(key)
+        path.write_text(json.dumps(doc))
+    drop.__name__ = f"drop_{'_'.join(keys)}"
+    return drop
+
+
+def _torn_line(path: Path) -> None:
+    """A journal line cut in the middle, with lines after it (not a torn last line)."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(lines[0][: len(lines[0]) // 2] + b"\n" + b"".join(lines))
+
+
+def _broken(kind: str, name: str, damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    """A copy of the real `kind` run at the case's path, with file `name` damaged."""
+    import shutil
+
+    def make(target: Path) -> None:
+        shutil.copytree(_real(kind), target)
+        if kind in ("search", "train"):  # resumable: killed, not completed
+            manifest = json.loads((target / "manifest.json").read_text())
+            manifest["status"] = "failed"
+            (target / "manifest.json").write_text(json.dumps(manifest))
+        damage(target / name)
+    make.__name__ = f"{kind}_{name}_{damage.__name__}"
+    return make
+
+
+def _file_from(kind: str, name: str, damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    """One file of the real `kind` run copied to the case's path, then damaged."""
+    import shutil
+
+    def make(target: Path) -> None:
+        shutil.copy(_real(kind) / name, target)
+        damage(target)
+    make.__name__ = f"{kind}_{name}_{damage.__name__}"
+    return make
+
+
+EVAL = "evaluations.parquet"
+CKPT = "checkpoints/epoch_0001"
+FILE_CASES: list[tuple[str, list[str], Files, str]] = [
+    *[(f"{label}-parquet-{verb}", args, {"s": _broken("search", EVAL, damage)}, EVAL)
+      for label, damage in (("truncated", _half), ("garbage", _garbage))
+      for verb, args in (("results", ["results", "s"]), ("export", ["export", "s", "--arch-id", "x"]),
+                         ("resume", ["search", "--resume", "s"]))],
+    *[(f"torn-journal-{verb}", args, {"s": _broken("search", "evaluations.log.jsonl", _torn_line)},
+       "evaluations.log.jsonl")
+      for verb, args in (("results", ["results", "s"]), ("export", ["export", "s", "--arch-id", "x"]),
+                         ("resume", ["search", "--resume", "s"]))],
+    ("pareto-garbage-results", ["results", "s"], {"s": _broken("search", "pareto.parquet", _garbage)},
+     "pareto.parquet"),
+    ("manifest-not-json-results", ["results", "s"], {"s": _broken("search", "manifest.json", _not_json)},
+     "manifest.json"),
+    ("manifest-not-json-export", ["export", "s", "--arch-id", "x"],
+     {"s": _broken("search", "manifest.json", _not_json)}, "manifest.json"),
+    ("manifest-not-json-resume", ["train", "--resume", "t"],
+     {"t": _broken("train", "manifest.json", _not_json)}, "manifest.json"),
+    ("manifest-truncated-latency-fit", ["latency", "fit", "l"],
+     {"l": _broken("latency", "manifest.json", _half)}, "manifest.json"),
+    ("calibration-not-json", ["search", "--resume", "s"],
+     {"s": _broken("search", "calibration.json", _not_json)}, "calibration.json"),
+    ("calibration-truncated", ["search", "--resume", "s"],
+     {"s": _broken("search", "calibration.json", _half)}, "calibration.json"),
+    ("calibration-missing-keys", ["search", "--resume", "s"],
+     {"s": _broken("search", "calibration.json", _drop_keys("calib"))}, "calibration.json"),
+    ("latency-parquet-truncated-fit", ["latency", "fit", "l"],
+     {"l": _broken("latency", "latency.parquet", _half)}, "latency.parquet"),
+    ("latency-parquet-garbage-fit", ["latency", "fit", "l", "--lut"],
+     {"l": _broken("latency", "latency.parquet", _garbage)}, "latency.parquet"),
+    ("latency-parquet-truncated-evaluate", ["latency", "evaluate", "p", "l"],
+     {"p": _broken("latency", "manifest.json", lambda p: None),
+      "l": _broken("latency", "latency.parquet", _half)}, "latency.parquet"),
+    *[(f"checkpoint-json-{label}-resume", ["train", "--resume", "t"],
+       {"t": _broken("train", CKPT + ".json", damage)}, "epoch_0001")
+      for label, damage in (("not-json", _not_json), ("truncated", _half),
+                            ("missing-keys", _drop_keys("build_config", "space")))],
+    *[(f"checkpoint-{part}-{label}-resume", ["train", "--resume", "t"],
+       {"t": _broken("train", CKPT + suffix, damage)}, "epoch_0001")
+      for part, suffix in (("weights", ".safetensors"), ("optim", ".optim.safetensors"))
+      for label, damage in (("truncated", _half), ("garbage", _garbage))],
+    *[(f"checkpoint-{label}-search", ["search", "--set", "supernet.run=t", "--set", "budget=2"],
+       {"t": _broken("train", CKPT + suffix, damage)}, "epoch_0001")
+      for label, suffix, damage in (("json-missing-keys", ".json", _drop_keys("build_config")),
+                                    ("json-not-json", ".json", _not_json),
+                                    ("weights-truncated", ".safetensors", _half))],
+    *[(f"predictor-{label}-search", ["search", "--set", f"predictors.latency_ms_pred=l/{name}",
+                                    "--set", "objectives=[top1,latency_ms_pred]"],
+       {"l": _broken("latency", name, damage)}, name)
+      for label, name, damage in (
+          ("fit-truncated", "latency_predictor.json", _half),
+          ("fit-not-json", "latency_predictor.json", _not_json),
+          ("fit-missing-keys", "latency_predictor.json", _drop_keys("model")),
+          ("fit-garbage", "latency_predictor.json", _garbage),
+          ("fit-table-garbage", "latency_predictor.parquet", _garbage),
+          ("fit-table-truncated", "latency_predictor.parquet", _half),
+          ("lut-truncated", "latency_lut.json", _half),
+          ("lut-missing-keys", "latency_lut.json", _drop_keys("entries")),
+          ("lut-garbage", "latency_lut.json", _garbage))],
+    ("predictor-truncated-evaluate", ["latency", "evaluate", "p", "l"],
+     {"p": _broken("latency", "latency_predictor.json", _half),
+      "l": _broken("latency", "manifest.json", lambda p: None)}, "latency_predictor.json"),
+    ("predictor-table-garbage-evaluate", ["latency", "evaluate", "p", "l"],
+     {"p": _broken("latency", "latency_predictor.parquet", _garbage),
+      "l": _broken("latency", "manifest.json", lambda p: None)}, "latency_predictor.parquet"),
+    ("weights-random-pt-train", ["train", "--set", "supernet.from_timm=resnet18",
+                                 "--set", "supernet.weights=w.pt"], {"w.pt": _garbage},
+     "error: supernet.weights='/"),
+    ("weights-pickle-train", ["train", "--set", "supernet.from_timm=resnet18",
+                              "--set", "supernet.weights=w.pt"],
+     {"w.pt": lambda p: torch.save({"x": _Evil()}, p)},
+     "/w.pt' is not a weights file: torch's tensors-only loader refused it"),
+    ("weights-truncated-safetensors-prune", ["prune", "--set", "model.weights=w.safetensors"],
+     {"w.safetensors": _file_from("train", CKPT + ".safetensors", _half)}, "w.safetensors"),
+    ("weights-random-pt-prune", ["prune", "--set", "model.weights=w.pt"], {"w.pt": _garbage}, "w.pt"),
+    ("table-garbage-bench", ["bench", "optimizers", "--quick", "--set", "table=t.parquet"],
+     {"t.parquet": _garbage}, "t.parquet"),
+    ("table-truncated-bench", ["bench", "optimizers", "--quick", "--set", "table=t.parquet"],
+     {"t.parquet": _file_from("search", EVAL, _half)}, "t.parquet"),
+]
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int] | str]:
+    """Each file's size and mtime; a folder only by name (a lock's info file, made and removed
+    while the lock is held, moves its folder's mtime without leaving anything behind)."""
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else (p.stat().st_size, p.stat().st_mtime_ns)
             for p in root.rglob("*")}
 
 
@@ -216,10 +402,125 @@ def sandbox(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("case, args, files, expected", CASES, ids=[c[0] for c in CASES])
+# -- wrong run types, out-of-range numbers and bad names for the commands not covered above --------
+MORE_CASES: list[tuple[str, list[str], Files, str]] = [
+    ("export-a-train-run", ["export", "t", "--arch-id", "x"], {"t": lambda p: _fake_run(p, "train")},
+     "not a search run"),
+    ("export-a-latency-run", ["export", "l", "--pick", "top1>0"],
+     {"l": lambda p: _fake_run(p, "latency")}, "not a search run"),
+    ("export-missing-run", ["export", "{tmp}/nope", "--arch-id", "x"], {}, "run not found"),
+    ("export-not-a-run", ["export", "d", "--arch-id", "x"], {"d/x": ""}, "has no manifest.json"),
+    ("export-from-bogus", ["export", "s", "--pick", "top1>0", "--from", "best"],
+     {"s": lambda p: _fake_run(p, "search")}, "--from must be one of front, all"),
+    ("results-missing-run", ["results", "{tmp}/nope"], {}, "run not found"),
+    ("results-not-a-run", ["results", "d"], {"d/x": ""}, "has no manifest.json"),
+    ("results-manifest-list", ["results", "r"], {"r/manifest.json": "[1, 2]"}, "not an object"),
+    ("results-manifest-not-utf8", ["results", "r"], {"r/manifest.json": b"{\"a\": \"\xff\"}"},
+     "manifest.json"),
+    ("results-manifest-empty", ["results", "r"], {"r/manifest.json": ""}, "manifest.json"),
+    ("results-manifest-no-command", ["results", "r"], {"r/manifest.json": '{"status": "failed"}'},
+     "lacks the key(s) ['command']"),
+    ("results-rows-negative", ["results", "--rows", "-1"], {}, "'--rows'"),
+    ("latency-fit-a-train-run", ["latency", "fit", "t"], {"t": lambda p: _fake_run(p, "train")},
+     "latency"),
+    ("latency-fit-missing-run", ["latency", "fit", "{tmp}/nope"], {}, "run not found"),
+    ("latency-fit-holdout-2", ["latency", "fit", "l", "--holdout", "2"],
+     {"l": lambda p: _fake_run(p, "latency")}, "holdout"),
+    ("latency-fit-folds-1", ["latency", "fit", "l", "--folds", "1"],
+     {"l": lambda p: _fake_run(p, "latency")}, "'--folds'"),
+    ("latency-fit-regressor-bogus", ["latency", "fit", "l", "--regressors", "magic"],
+     {"l": _broken("latency", "manifest.json", lambda p: None)}, "magic"),
+    ("latency-fit-encoding-bogus", ["latency", "fit", "l", "--encoding", "words"],
+     {"l": _broken("latency", "manifest.json", lambda p: None)}, "words"),
+    ("latency-evaluate-missing-predictor", ["latency", "evaluate", "p", "l"],
+     {"p": lambda p: _fake_run(p, "latency"),
+      "l": _broken("latency", "manifest.json", lambda p: None)}, "latency_predictor.json"),
+    ("latency-evaluate-on-a-search-run", ["latency", "evaluate", "l", "s"],
+     {"l": _broken("latency", "manifest.json", lambda p: None),
+      "s": lambda p: _fake_run(p, "search")}, "latency"),
+    ("latency-n-zero", ["latency", "measure", "--set", "latency.n=0"], {}, "'latency.n'"),
+    ("latency-repeats-zero", ["latency", "measure", "--set", "latency.repeats=0"], {},
+     "'latency.repeats'"),
+    ("latency-batch-text", ["latency", "measure", "--set", "latency.batch=many"], {},
+     "'latency.batch'"),
+    ("prune-sparsity-1", ["prune", "--set", "prune.sparsity=1.0"], {}, "'prune.sparsity'"),
+    ("prune-sparsity-negative", ["prune", "--set", "prune.sparsity=-0.1"], {}, "'prune.sparsity'"),
+    ("prune-train-epochs-negative", ["prune", "--set", "model.train_epochs=-1"], {},
+     "'model.train_epochs'"),
+    ("prune-export-without-run", ["prune", "--set", "model.source=export"], {},
+     "model.source=export needs model.run and model.arch_id"),
+    ("prune-export-from-a-train-run", ["prune", "--set", "model.source=export",
+                                       "--set", "model.run=t", "--set", "model.arch_id=x"],
+     {"t": lambda p: _fake_run(p, "train")}, "not a search run"),
+    ("prune-weights-missing", ["prune", "--set", "model.weights=nope.pt"], {}, "does not exist"),
+    ("prune-resume-a-search-run", ["prune", "--resume", "s"],
+     {"s": lambda p: _fake_run(p, "search")}, "it is a `search` run"),
+    ("train-val-fraction", ["train", "--set", "data.val_fraction=1.5"], {}, "'data.val_fraction'"),
+    ("train-epochs-zero", ["train", "--set", "train.epochs=0"], {}, "train.epochs"),
+    ("train-resume-a-latency-run", ["train", "--resume", "l"],
+     {"l": lambda p: _fake_run(p, "latency")}, "it is a `latency` run"),
+    ("train-weights-without-timm", ["train", "--set", "supernet.weights=w.pt"], {"w.pt": b"x"},
+     "supernet.weights need supernet.from_timm"),
+    ("search-supernet-run-missing", ["search", "--set", "supernet.run={tmp}/nope"], {},
+     "nope"),
+    ("search-supernet-run-is-search", ["search", "--set", "supernet.run=s"],
+     {"s": lambda p: _fake_run(p, "search")}, "s"),
+    ("search-optimizer-bogus", ["search", "--set", "optimizer.name=hillclimb9"], {}, "hillclimb9"),
+    ("search-objectives-empty", ["search", "--set", "objectives=[]"], {}, "objectives"),
+    ("search-objective-unknown", ["search", "--set", "objectives=[top1,speed]"], {}, "speed"),
+    ("search-constraint-malformed", ["search", "--set", "constraints=[params <<= 3]"], {},
+     "params <<= 3"),
+    ("search-val-batches-zero", ["search", "--set", "evaluation.val_batches=0"], {},
+     "'evaluation.val_batches'"),
+    ("search-ray-workers-zero", ["search", "--set", "ray.num_workers=0"], {}, "'ray.num_workers'"),
+    ("search-predictor-missing", ["search", "--set", "predictors.latency_ms_pred=nope.json",
+                                  "--set", "objectives=[top1,latency_ms_pred]"], {}, "nope.json"),
+    ("search-resume-latency-run", ["search", "--resume", "l"],
+     {"l": lambda p: _fake_run(p, "latency")}, "it is a `latency` run"),
+    ("quickstart-epochs-zero", ["quickstart", "--set", "epochs=0"], {}, "'epochs'"),
+    ("quickstart-name-slash", ["quickstart", "--set", "run.name=a/b"], {}, "only letters, digits"),
+    ("bench-unknown", ["bench", "nosuchbench"], {}, "nosuchbench"),
+    ("bench-optimizers-seeds-zero", ["bench", "optimizers", "--set", "seeds=0"], {}, "seeds"),
+    ("bench-optimizers-budgets-empty", ["bench", "optimizers", "--set", "budgets=[]"], {},
+     "budgets"),
+    ("bench-optimizers-problem-bogus", ["bench", "optimizers", "--set", "problems=[knapsack]"], {},
+     "knapsack"),
+    ("bench-optimizers-table-missing", ["bench", "optimizers", "--set", "table=nope.parquet"], {},
+     "nope.parquet"),
+    ("bench-optimizers-nb201-needed", ["bench", "optimizers", "--set", "problems=[nb201-cifar10]"], {},
+     "needs nb201=PATH"),
+    *[(f"bench-optimizers-nb201-{label}", ["bench", "optimizers", "--set", "nb201=b.pth",
+                                           "--set", "problems=[nb201-cifar10]"], {"b.pth": content},
+       "b.pth")
+      for label, content in (("garbage", _garbage), ("pickle-stack-underflow", b"\x80\x02a."),
+                             ("evil-pickle", lambda p: torch.save({"x": _Evil()}, p)),
+                             ("empty", b""))],
+    ("bench-unknown-option", ["bench", "optimizers", "--set", "speed=9"], {}, "speed"),
+    ("jobs-stop-no-cluster", ["jobs", "stop", "raysubmit_x"], {}, "cluster"),
+    ("jobs-logs-no-cluster", ["jobs", "logs", "raysubmit_x"], {}, "cluster"),
+    ("jobs-list-bad-address", ["jobs", "list", "--address", "http://127.0.0.1:1"], {}, "127.0.0.1:1"),
+    ("cluster-object-store-zero", ["cluster", "up", "--object-store-mb", "0"], {},
+     "'--object-store-mb'"),
+    ("cluster-port-text", ["cluster", "up", "--port", "http"], {}, "'--port'"),
+    ("submit-bad-name", ["submit", "--", "train", "--set", "run.name=../x"], {}, "only letters"),
+    ("submit-corrupt-config", ["submit", "--", "train", "c.yaml"], {"c.yaml": b"\xff\xfe"},
+     "not a UTF-8"),
+]
+
+
+def _resumed(args: list[str]) -> str | None:
+    """The run folder a `--resume` case reopens: the one place allowed to change."""
+    return args[args.index("--resume") + 1] if "--resume" in args else None
+
+
+@pytest.mark.parametrize("case, args, files, expected", CASES + FILE_CASES + MORE_CASES,
+                         ids=[c[0] for c in CASES + FILE_CASES + MORE_CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, sandbox, case, args, files, expected):
     _make(sandbox, files)
     before = _listing(sandbox)
+    resumed = _resumed(args)
+    kept = {str(p.relative_to(sandbox)): p.read_bytes()
+            for p in (sandbox / resumed).rglob("*") if p.is_file()} if resumed else {}
     result = cli(*[a.replace("{tmp}", str(sandbox)) for a in args])
     lines = result.err.strip().splitlines()
     assert result.code == 2, result.err[-2000:]
@@ -227,13 +528,30 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, sandbox, case, arg
     assert "Traceback" not in result.err + result.out
     assert expected in lines[0]
     assert len(lines[0]) < 600  # a hostile value is quoted short, not echoed whole
-    assert _listing(sandbox) == before
+    after = _listing(sandbox)
+    changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+    manifest = f"{resumed}/manifest.json"
+    assert changed <= set(kept), sorted(changed)  # nothing new; only a reopened run's files
+    for name in changed - {manifest}:  # rewritten as they were (config.yaml, metrics.csv)
+        assert (sandbox / name).read_bytes() == kept[name], name
+    if manifest in changed:  # the run had started again: it is marked failed, saying why
+        doc = json.loads((sandbox / manifest).read_text())
+        assert doc["status"] == "failed" and expected in doc["error"], doc["error"]
 
 
 def test_the_suite_is_large_and_its_cases_distinct():
-    assert len(CASES) >= 40
-    assert len({c[0] for c in CASES}) == len(CASES)
-    assert len({(tuple(c[1]), tuple((k, repr(v)) for k, v in c[2].items())) for c in CASES}) == len(CASES)
+    cases = CASES + FILE_CASES + MORE_CASES
+    assert len(cases) >= 150
+    assert len({c[0] for c in cases}) == len(cases)
+
+    def shown(content):  # a file maker by its name (`_broken` names its kind, file and damage)
+        return content.__name__ if callable(content) else repr(content)
+
+    assert len({(tuple(c[1]), tuple((k, shown(v)) for k, v in c[2].items()))
+                for c in cases}) == len(cases)
+    commands = {c[1][0] for c in cases}
+    assert commands >= {"train", "search", "prune", "export", "latency", "results", "quickstart",
+                        "bench", "cluster", "submit", "jobs"}
 
 
 # -- the YAML bounds themselves ---------------------------------------------------------------
@@ -419,3 +737,58 @@ def test_jobs_stop_ends_a_train_job_cleanly(cli, ray_head, tmp_path):
     assert "Traceback" not in logs
     manifest = json.loads((root / "job" / "manifest.json").read_text())
     assert (manifest["status"], manifest["error"]) == ("failed", "terminated")
+
+
+# -- NATS-Bench fast mode: per-arch pickles go through the restricted loader --------------------
+
+class _Marker:
+    """Unpickled, it would create the folder `path`: proof that a payload ran."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.path),))
+
+
+def test_natsbench_fast_mode_never_runs_a_per_arch_payload(tmp_path):
+    """The issue's crafted `000000.pickle.pbz2` in a fast-mode directory: opening works (the
+    meta file is plain data), the first query reads the arch's pickle, which is refused in one
+    line, and the payload never runs."""
+    import bz2
+
+    pytest.importorskip("nats_bench")
+    from nasbench.tabular.published import TOPOLOGY_SPACE, open_natsbench, topology_string
+    from nasbench_core.errors import UserError
+
+    folder = tmp_path / "NATS-tss-v1_0-3ffb9-simple"
+    folder.mkdir()
+    arch = TOPOLOGY_SPACE.smallest()
+    (folder / "meta.pickle.pbz2").write_bytes(bz2.compress(pickle.dumps(
+        {"meta_archs": [topology_string(arch)]})))
+    marker = tmp_path / "payload-ran"
+    (folder / "000000.pickle.pbz2").write_bytes(bz2.compress(pickle.dumps(
+        {"200": _Marker(marker)})))
+    bench = open_natsbench(folder, "tss")
+    with pytest.raises(UserError, match="000000.pickle.pbz2 is not a plain-data pickle") as error:
+        bench.query(arch)
+    assert "\n" not in str(error.value)
+    assert not marker.exists()
+
+
+def test_natsbench_fast_mode_still_reads_a_plain_per_arch_file(tmp_path):
+    """The same layout holding plain data answers the query: the guard refuses code, not data."""
+    import bz2
+
+    pytest.importorskip("nats_bench")
+    from nasbench.tabular.published import TOPOLOGY_SPACE, open_natsbench, topology_string
+    from tests.test_tabular_published import _nats_results
+
+    folder = tmp_path / "NATS-tss-v1_0-3ffb9-simple"
+    folder.mkdir()
+    arch = TOPOLOGY_SPACE.smallest()
+    text = topology_string(arch)
+    (folder / "meta.pickle.pbz2").write_bytes(bz2.compress(pickle.dumps({"meta_archs": [text]})))
+    (folder / "000000.pickle.pbz2").write_bytes(bz2.compress(pickle.dumps(
+        {"200": _nats_results(text, 0, 5, 70.0)})))
+    assert open_natsbench(folder, "tss").query(arch)["top1"] == pytest.approx(70.0)

@@ -24,6 +24,7 @@ WRONG_TYPE = {
     "search": [({"seeds": True}, "valid integer"), ({"budgets": ["x"]}, "valid integer")],
     "search_ray": [({"budget": "many"}, "valid integer"), ({"address": 5}, "valid string")],
     "zero_cost": [({"archs": "all"}, "valid integer"), ({"proxies": 3}, "valid list")],
+    "early_stopping": [({"seeds": "few"}, "valid integer"), ({"deltas": 0.1}, "valid list")],
     "supernets": [({"threads": "2"}, "valid integer"), ({"parts": 1}, "valid list")],
 }
 OUT_OF_RANGE = {
@@ -45,6 +46,9 @@ OUT_OF_RANGE = {
     "zero_cost": [({"batch": 1}, "greater than or equal to 2"),
                   ({"proxies": "snip,zen"}, "unknown zero-cost proxy 'zen'")],
     "supernets": [({"resolution": 0}, "greater than 0"), ({"parts": "speed"}, "unknown part 'speed'")],
+    "early_stopping": [({"deltas": [0.05, 1.0]}, "less than 1"), ({"min_curves": 1}, "greater than or equal to 2"),
+                       ({"costs": "latency_ms,flops"}, "unknown cost 'flops'"),
+                       ({"problem": "nb301"}, "unknown problem 'nb301'")],
 }
 
 

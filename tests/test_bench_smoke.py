@@ -49,8 +49,18 @@ def _search(fig):
     assert set(fig["hv_change_vs_reference"]) == set(fig["hypervolume"])
 
 
-CHECKS = {"cuda_ext": _cuda_ext, "pruning": _pruning, "latency": _latency, "mos": _mos,
-          "search": _search}
+def _early_stopping(fig):
+    full, horizon = fig["no_stopping"], fig["table"]["horizon"]
+    assert full["stopped"]["per_seed"] == [0] and full["front_recall"]["per_seed"] == [1.0]
+    assert full["epochs"]["per_seed"] == [fig["archs_per_search"] * horizon]
+    [variant] = fig["stopping"].values()
+    [stopped], [spent] = variant["stopped"]["per_seed"], variant["epochs"]["per_seed"]
+    saved = full["epochs"]["per_seed"][0] - spent  # each stop saves 1..horizon-min_epochs epochs
+    assert stopped <= saved <= stopped * (horizon - fig["min_epochs"])
+
+
+CHECKS = {"cuda_ext": _cuda_ext, "early_stopping": _early_stopping, "pruning": _pruning,
+          "latency": _latency, "mos": _mos, "search": _search}
 
 
 def test_every_benchmark_has_a_smoke_check():

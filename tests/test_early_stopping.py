@@ -131,3 +131,30 @@ def test_replay_without_a_stopper_trains_everything_to_the_end():
     features, curves = synthetic_curves(12, 6, seed=4)
     out = replay(curves, features, features[:, :1], np.arange(12), None)
     assert out.complete.all() and (out.epochs == 6).all()
+
+
+def test_long_curves_are_decided_at_ten_epochs_and_stops_happen_only_there():
+    stopper = CurveStopper(horizon=200, min_epochs=5)
+    assert len(stopper.decide_at) == 10 and stopper.decide_at[0] == 5 and stopper.decide_at[-1] == 199
+    assert CurveStopper(horizon=10, min_epochs=3).decide_at == list(range(3, 10))
+    features, curves = synthetic_curves(60, 40, seed=5)
+    stopper = CurveStopper(horizon=40, min_epochs=4, min_curves=10, delta=0.2, decide_at=[4, 10, 20])
+    out = replay(curves, features, features[:, :1], np.arange(60), stopper)
+    assert (~out.complete).any()
+    assert set(out.epochs[~out.complete]) <= {4, 10, 20} and (out.epochs[out.complete] == 40).all()
+    assert not stopper.should_stop(np.zeros(2), np.zeros(7), needed=0.99)  # not a decision epoch
+    with pytest.raises(ValueError, match="decide_at"):
+        CurveStopper(horizon=40, min_epochs=4, decide_at=[2])
+
+
+def test_the_builtin_tables_curves_are_its_own_training_runs():
+    """`generate --add-curves` retrained every arch; each curve ends at the stored top1 and
+    moves in steps of one validation image."""
+    from nasbench.tabular.builtin import load_builtin
+
+    table = load_builtin().table
+    curves = np.vstack(table["top1_curve"].to_numpy())
+    assert curves.shape == (216, 10)
+    assert np.allclose(curves[:, -1], table["top1"].to_numpy(), atol=1e-9, rtol=0)
+    images = curves * 359  # digits' seeded validation split
+    assert np.allclose(images, np.round(images), atol=1e-6)

@@ -7,6 +7,7 @@ official API's own classes, so the adapter reads exactly the structures the real
 from __future__ import annotations
 
 import bz2
+import collections
 import pickle
 
 import pytest
@@ -41,8 +42,8 @@ def _results(arch_str: str, index: int, epochs: int, acc: float):
                           {e: 1.0 for e in range(epochs)}, params=0.1 * (index + 1),
                           flop=10.0 * (index + 1), arch_config={"arch_str": arch_str}, seed=777,
                           epochs=epochs, latency=[0.002 * (index + 1)])
-        rc.update_eval({f"{n}@{e}": base + (1 if n == "ori-test" else 0) for n in names
-                        for e in range(epochs)},
+        rc.update_eval({f"{n}@{e}": base + (1 if n == "ori-test" else 0) - (epochs - 1 - e) / 4
+                        for n in names for e in range(epochs)},  # a rising learning curve
                        {f"{n}@{e}": 0.5 for n in names for e in range(epochs)},
                        {f"{n}@{e}": 1.0 for n in names for e in range(epochs)})
         result.update(dataset, 777, rc)
@@ -79,6 +80,18 @@ def test_nasbench201_queries_through_official_api(tmp_path):
         bench.query(TOPOLOGY_SPACE.sample(99))
     with pytest.raises(UserError, match="no objective 'energy'"):
         bench.objectives(["energy"])
+
+
+def test_learning_curves_are_the_validation_split_per_epoch_and_end_at_top1(tmp_path):
+    path = tmp_path / "NAS-Bench-201-tiny.pth"
+    torch.save(_nb201_dict(), path)
+    bench = open_nasbench201(path, dataset="cifar10", hp="200")
+    arch = TOPOLOGY_SPACE.largest()
+    curve = bench.curve(arch)  # cifar10's comes from cifar10-valid's x-valid, 20 epochs here
+    assert curve == pytest.approx([81.0 - (19 - e) / 4 for e in range(20)])
+    assert curve[-1] == pytest.approx(bench.query(arch)["top1"])
+    short = open_nasbench201(path, dataset="cifar10-valid", hp="12").curve(arch)
+    assert short == pytest.approx([61.0 - (11 - e) / 4 for e in range(12)])
 
 
 def test_a_file_without_any_validation_split_is_one_line_not_nan(tmp_path, monkeypatch):
@@ -167,14 +180,21 @@ class _EveryArchAPI:
     """The three NAS-Bench-201 API calls the adapter makes, answered for every arch of the
     space (a real file holds all 15,625; a fixture that big would take minutes to write)."""
 
+    EPOCHS = 5
+
     def __init__(self):
         self.index = {}
+        self.arch2infos_dict = collections.defaultdict(lambda: {"200": self})
+
+    def get_total_epoch(self, dataset):  # what ArchResults answers
+        return self.EPOCHS
 
     def query_index_by_arch(self, text):
         return self.index.setdefault(text, len(self.index))
 
-    def get_more_info(self, index, dataset, hp, is_random):
-        return {"valid-accuracy": 50.0 + (index * 7919) % 500 / 10, "test-accuracy": 40.0}
+    def get_more_info(self, index, dataset, hp, is_random, iepoch=None):
+        late = self.EPOCHS - 1 - (self.EPOCHS - 1 if iepoch is None else iepoch)
+        return {"valid-accuracy": 50.0 + (index * 7919) % 500 / 10 - late, "test-accuracy": 40.0}
 
     def get_cost_info(self, index, dataset, hp):
         return {"flops": 1.0, "params": 0.001 * (index % 97 + 1), "latency": 0.001 * (index % 89 + 1)}
@@ -224,3 +244,38 @@ def test_bench_optimizers_runs_the_nb201_problems_on_the_users_file(tmp_path, mo
     assert 0 < result["optimizers"]["nsga2"]["hv@10"]["mean"] <= 1
     with pytest.raises(UserError, match="problem nb201-cifar10 needs nb201=PATH"):
         run_benchmark("optimizers", BenchOptions(out_dir=tmp_path, params={"problems": ["nb201-cifar10"]}))
+
+
+def test_tabulate_with_curves_keeps_each_archs_curve_ending_at_its_top1():
+    table = _every_arch_bench().tabulate(curves=True).table
+    curves = table["top1_curve"]
+    assert curves.map(len).eq(5).all()
+    assert (curves.map(lambda c: c[-1]) == table["top1"]).all()
+    assert (curves.map(lambda c: c[-1] - c[0]) == 4.0).all()
+
+
+def test_a_file_without_learning_curves_is_one_line():
+    from nasbench.tabular.published import PublishedBenchmark
+
+    api = _EveryArchAPI()
+    del api.arch2infos_dict
+    bench = PublishedBenchmark("nas-bench-201", TOPOLOGY_SPACE, api, "cifar100", "200", topology_string)
+    with pytest.raises(UserError, match="no per-epoch validation accuracy for arch .* on 'cifar100'"):
+        bench.curve(TOPOLOGY_SPACE.largest())
+
+
+def test_bench_early_stopping_runs_on_nasbench201_curves(tmp_path, monkeypatch):
+    import nasbench.tabular.published as published
+    from nasbench.bench.registry import BenchOptions, run_benchmark
+
+    opened = []
+    monkeypatch.setattr(published, "open_nasbench201",
+                        lambda path, dataset: opened.append((path, dataset)) or _every_arch_bench())
+    report, _ = run_benchmark("early_stopping", BenchOptions(quick=True, out_dir=tmp_path, params={
+        "problem": "nb201-cifar100", "nb201": "/data/NAS-Bench-201.pth", "min_epochs": 2}))
+    figures = report["figures"]
+    assert opened == [("/data/NAS-Bench-201.pth", "cifar100")]
+    assert figures["table"] == {"path": "/data/NAS-Bench-201.pth", "archs": 5 ** 6, "horizon": 5}
+    assert figures["no_stopping"]["epochs"]["per_seed"] == [30 * 5]
+    with pytest.raises(UserError, match="problem nb201-cifar10 needs nb201=PATH"):
+        run_benchmark("early_stopping", BenchOptions(out_dir=tmp_path, params={"problem": "nb201-cifar10"}))

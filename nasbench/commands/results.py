@@ -24,7 +24,7 @@ def command(
     run: str | None = typer.Argument(None, help="Run directory or name under --root."),
     root: Path | None = typer.Option(
         None, "--root", help="Where runs live [default: $NASBENCH_RESULTS, else ./results]."),
-    rows: int = typer.Option(10, "--rows", help="Rows of each table to show."),
+    rows: int = typer.Option(10, "--rows", min=0, help="Rows of each table to show."),
 ) -> None:
     """Without RUN, a table of runs; with RUN, its manifest and the head of each table."""
     from nasbench.config.sections import default_results_root

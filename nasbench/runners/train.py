@@ -109,7 +109,7 @@ def _timm_model(section: SupernetSection, num_classes: int, in_chans: int):
         from nasbench.runners.prune import _read_weights
         from supernets.timm_bridge import load_timm_state
 
-        load_timm_state(model, _read_weights(section.weights),
+        load_timm_state(model, _read_weights(section.weights, "supernet.weights"),
                         f"supernet.weights={str(section.weights)!r}", section.from_timm)
     if keeps_stem:
         have = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels

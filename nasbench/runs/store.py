@@ -33,6 +33,7 @@ from nasbench.runs.facts import git_commit, package_versions
 from nasbench.termination import Terminated, sigterm_raises
 from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import RunError
+from nasbench_core.readers import read_json, read_parquet, read_parquet_schema
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -140,15 +141,13 @@ class Run:
     # -- reading -----------------------------------------------------------------------
     def read_table(self, name: str) -> pd.DataFrame:
         target = self.path / f"{name}.parquet"
-        return pd.read_parquet(target) if target.exists() else pd.DataFrame()
+        return read_parquet(target, RunError).to_pandas() if target.exists() else pd.DataFrame()
 
     def table_metadata(self, name: str) -> dict[str, str]:
-        import pyarrow.parquet as pq
-
         target = self.path / f"{name}.parquet"
         if not target.exists():
             return {}
-        meta = pq.read_schema(target).metadata or {}
+        meta = read_parquet_schema(target, RunError).metadata or {}
         return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"pandas")}
 
     @property
@@ -240,11 +239,7 @@ def load_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
         raise RunError(f"run not found: {path} (no such directory)")
     if not manifest_path.exists():
         raise RunError(f"not a run directory: {candidate} has no {MANIFEST}")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{manifest_path}: unreadable manifest ({exc.msg})") from None
-    return Run(candidate, manifest)
+    return Run(candidate, read_json(manifest_path, RunError, required=("command",)))
 
 
 class RunLock:

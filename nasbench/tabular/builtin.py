@@ -17,6 +17,7 @@ import pandas as pd
 
 from nasbench.tabular.builtin_space import SPACE
 from nasbench_core.errors import UserError
+from nasbench_core.readers import read_parquet
 from supernets.space import SearchSpace
 
 OBJECTIVE_DIRECTIONS = {"top1": "max", "latency_ms": "min", "macs": "min", "params": "min"}
@@ -60,13 +61,11 @@ def table_path() -> Path:
 
 def load_builtin(path: str | Path | None = None) -> TabularBenchmark:
     """Open the shipped table (or a regenerated one at `path`)."""
-    import pyarrow.parquet as pq
-
     target = Path(path) if path else table_path()
     if not target.exists():
         raise UserError(f"tabular benchmark table not found: {target} "
                         "(regenerate it with `python -m nasbench.tabular.generate`)")
-    raw = pq.read_table(target)
+    raw = read_parquet(target)
     metadata = {k.decode(): v.decode() for k, v in (raw.schema.metadata or {}).items()
                 if not k.startswith(b"pandas")}
     space = SearchSpace.from_json(metadata["space"]) if "space" in metadata else SPACE

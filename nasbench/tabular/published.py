@@ -64,10 +64,28 @@ class PublishedBenchmark:
     hp: str
     to_string: Callable[[Mapping[str, Any]], str]
 
-    def query(self, arch: Mapping[str, Any]) -> dict[str, float]:
+    def _index(self, arch: Mapping[str, Any]) -> int:
         index = self.api.query_index_by_arch(self.to_string(arch))
         if index < 0:
             raise UserError(f"{self.name}: arch {self.to_string(arch)} is not in the benchmark file")
+        return index
+
+    def curve(self, arch: Mapping[str, Any]) -> list[float]:
+        """The validation accuracy after every training epoch (of the split `top1` is read
+        from), for learning-curve early stopping; one line when the file has no curve."""
+        index = self._index(arch)
+        dataset = VALIDATED_ON[1] if self.dataset == VALIDATED_ON[0] else self.dataset
+        try:
+            epochs = self.api.arch2infos_dict[index][self.hp].get_total_epoch(dataset)
+            return [float(self.api.get_more_info(index, dataset, iepoch=e, hp=self.hp,
+                                                 is_random=False)["valid-accuracy"])
+                    for e in range(epochs)]
+        except (AttributeError, KeyError, ValueError):
+            raise UserError(f"{self.name}: the file has no per-epoch validation accuracy for arch "
+                            f"{self.to_string(arch)} on {dataset!r}") from None
+
+    def query(self, arch: Mapping[str, Any]) -> dict[str, float]:
+        index = self._index(arch)
         info = self.api.get_more_info(index, self.dataset, hp=self.hp, is_random=False)
         cost = self.api.get_cost_info(index, self.dataset, hp=self.hp)
         latency = cost.get("latency")
@@ -89,10 +107,11 @@ class PublishedBenchmark:
             "latency_ms": float(latency) * 1000.0 if latency is not None and latency > 0 else float("nan"),
         }
 
-    def tabulate(self) -> Any:
+    def tabulate(self, *, curves: bool = False) -> Any:
         """Every arch of the space queried once, as a `TabularBenchmark` (top1, test_top1,
-        latency_ms, params): what exhaustive comparisons (`bench optimizers`) need. A file that
-        lacks an arch is one line naming it."""
+        latency_ms, params; with `curves`, `top1_curve` too): what exhaustive comparisons
+        (`bench optimizers`, `bench early_stopping`) need. A file that lacks an arch is one line
+        naming it."""
         import itertools
 
         import pandas as pd
@@ -106,7 +125,8 @@ class PublishedBenchmark:
             got = self.query(arch)
             rows.append({"arch_id": self.space.arch_id(arch), "arch": self.space.canonical_json(arch),
                          "top1": got["top1"], "test_top1": got["test_top1"],
-                         "latency_ms": got["latency_ms"], "params": got["params_m"] * 1e6})
+                         "latency_ms": got["latency_ms"], "params": got["params_m"] * 1e6,
+                         **({"top1_curve": self.curve(arch)} if curves else {})})
         table = pd.DataFrame(rows).drop_duplicates("arch_id").set_index("arch_id", drop=False)
         return TabularBenchmark(f"{self.name}-{self.dataset}", self.space, table,
                                 {"dataset": self.dataset, "hp": self.hp})
@@ -148,11 +168,14 @@ def open_nasbench201(path: str | Path, dataset: str = "cifar10", hp: str = "200"
 
 @contextlib.contextmanager
 def _safe_nats_loading() -> Iterator[None]:
-    """The NATS API reads per-arch pickles itself in fast mode: route those reads through our loader."""
-    from nats_bench import api_size, api_topology
+    """The NATS API reads pickles itself: the archive and meta file from `api_topology` and
+    `api_size`, and in fast mode each arch's `NNNNNN.pickle.pbz2` from `api_utils` (`reload`).
+    Route every one of those reads through our loader."""
+    from nats_bench import api_size, api_topology, api_utils
 
     with mock.patch.object(api_topology, "pickle_load", load_plain_pickle), \
-            mock.patch.object(api_size, "pickle_load", load_plain_pickle):
+            mock.patch.object(api_size, "pickle_load", load_plain_pickle), \
+            mock.patch.object(api_utils, "pickle_load", load_plain_pickle):
         yield
 
 

@@ -56,6 +56,20 @@ def load_torch_plain(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"benchmark file not found: {path}") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"benchmark file {path} is not a plain-data torch file: {first}") from None
+    except Exception as exc:  # noqa: BLE001 (garbage bytes reach the unpickler's every error)
+        raise UserError(f"benchmark file {path} is not a plain-data torch file: "
+                        f"{torch_load_problem(Path(path), exc)}") from None
+
+
+def torch_load_problem(path: Path, exc: Exception) -> str:
+    """Why `torch.load(weights_only=True)` refused `path`, in one line: an empty file gives torch
+    no message, and its refusal of a pickle spans a page."""
+    if path.is_file() and path.stat().st_size == 0:
+        return "the file is empty"
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and isinstance(exc, pickle.UnpicklingError) and lines[0].startswith("Weights only load"):
+        skip = ("Check the documentation", "Please file an issue", "(1)", "(2)")
+        details = [line for line in lines[1:] if not line.startswith(skip)]
+        reason = details[0] if details else "not tensors only"
+        return f"torch's tensors-only loader refused it ({reason}); pickled objects are never loaded"
+    return lines[0] if lines else type(exc).__name__

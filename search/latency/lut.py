@@ -24,12 +24,14 @@ from torch import nn
 
 from nasbench_core.atomic import atomic_write_text
 from nasbench_core.errors import UserError
+from nasbench_core.readers import read_json
 from search.costs import subnet_input_shape
 from search.latency.measure import LatencySettings, measure_latency
 from search.predictors.base import PredictorError
 from supernets.space import SearchSpace
 
 LUT_FORMAT = "nasbench-latency-lut/1"
+LUT_KEYS = ("device", "settings", "space_fingerprint", "constant_ms", "entries")  # what `load` reads
 CONTAINERS = (nn.Sequential, nn.ModuleList)
 
 
@@ -161,12 +163,12 @@ class LatencyLUT:
     def load(cls, path: str | Path, space: SearchSpace | None = None,
              device: str | None = None) -> LatencyLUT:
         path = Path(path).with_suffix(".json")
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise PredictorError(f"cannot read latency LUT {path}: {exc}") from None
-        if meta.get("format") != LUT_FORMAT:
+        meta = read_json(path, PredictorError, required=("format",))
+        if meta["format"] != LUT_FORMAT:
             raise PredictorError(f"{path} is not a {LUT_FORMAT} file")
+        missing = [key for key in LUT_KEYS if key not in meta]
+        if missing:
+            raise PredictorError(f"latency LUT {path} lacks {missing} (truncated or edited by hand?)")
         if device is not None and meta["device"] != device:
             raise PredictorError(f"{path} was measured on {meta['device']!r}, not {device!r}")
         if space is not None and meta["space_fingerprint"] not in (None, space.fingerprint()):

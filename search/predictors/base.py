@@ -18,11 +18,15 @@ import pandas as pd
 
 from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import UserError
+from nasbench_core.readers import read_parquet
 from search.predictors.metrics import kendall_tau, regression_metrics
 from search.predictors.regressors import Selection, fit_quietly, make_regressor, select_regressor
 from supernets.space import Arch, SearchSpace
 
 FORMAT = "nasbench-predictor/1"
+# What every predictor file holds, accuracy or latency: `load` indexes them directly.
+META_KEYS = ("space", "space_fingerprint", "context", "table", "model", "cv_score", "encoding",
+             "folds", "seed")
 ENCODINGS = ("features", "one_hot")
 
 
@@ -191,7 +195,7 @@ class ArchPredictor:
             if have != wanted:
                 raise PredictorError(f"{json_path} was fitted for {key} {have!r}, not {wanted!r}")
         predictor = cls._from_meta(space or stored, meta)
-        table = pd.read_parquet(json_path.parent / meta["table"])
+        table = read_parquet(json_path.parent / meta["table"], PredictorError).to_pandas()
         predictor.selection = Selection(
             meta["model"]["name"], meta["model"]["params"], meta["cv_score"], pd.DataFrame()
         )
@@ -210,11 +214,14 @@ def _read_meta(json_path: Path) -> dict[str, Any]:
     if not json_path.exists():
         raise PredictorError(f"predictor file {json_path} does not exist")
     try:
-        meta = json.loads(json_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise PredictorError(f"predictor file {json_path} is not valid JSON: {exc.msg}") from None
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PredictorError(f"predictor file {json_path} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise PredictorError(f"predictor file {json_path} is not a {FORMAT} file")
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        raise PredictorError(f"predictor file {json_path} lacks {missing} (truncated or edited by hand?)")
     if not (json_path.parent / meta.get("table", "")).is_file():
         raise PredictorError(f"predictor table {json_path.parent / meta.get('table', '')} is missing")
     return meta

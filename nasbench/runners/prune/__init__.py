@@ -110,14 +110,16 @@ def data_for(cfg: PruneConfig) -> DataConfig:
                                        "channels": cfg.data.channels or chans})
 
 
-def _read_weights(path: Path) -> dict:
+def _read_weights(path: Path, key: str = "model.weights") -> dict:
     import warnings
 
     import safetensors.torch
     import torch
 
+    from nasbench.tabular.safe_load import torch_load_problem
+
     if not path.exists():
-        raise CheckpointError(f"model.weights={str(path)!r} does not exist")
+        raise CheckpointError(f"{key}={str(path)!r} does not exist")
     try:
         if path.suffix == ".safetensors":
             return safetensors.torch.load_file(str(path))
@@ -125,24 +127,8 @@ def _read_weights(path: Path) -> dict:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or pickled-object files come with many error types
-        raise CheckpointError(f"model.weights={str(path)!r} is not a weights file: "
-                              f"{_weights_problem(path, exc)}") from None
-
-
-def _weights_problem(path: Path, exc: Exception) -> str:
-    """Why a weights file did not load, in one line: an empty file gives torch no message, and
-    its refusal of a pickle spans a page."""
-    import pickle
-
-    if path.is_file() and path.stat().st_size == 0:
-        return "the file is empty"
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if lines and isinstance(exc, pickle.UnpicklingError) and lines[0].startswith("Weights only load"):
-        skip = ("Check the documentation", "Please file an issue", "(1)", "(2)")
-        details = [line for line in lines[1:] if not line.startswith(skip)]
-        reason = details[0] if details else "not tensors only"
-        return f"torch's tensors-only loader refused it ({reason}); pickled objects are never loaded"
-    return lines[0] if lines else type(exc).__name__
+        raise CheckpointError(f"{key}={str(path)!r} is not a weights file: "
+                              f"{torch_load_problem(path, exc)}") from None
 
 
 def run(config: PruneConfig, *, resume: Path | None = None) -> Run:
@@ -190,6 +176,7 @@ def run(config: PruneConfig, *, resume: Path | None = None) -> Run:
         continuing = resume is not None and pruners.lottery.resumable(run.path / "lottery")
         if continuing:  # the lottery's own state holds the model from here on
             before = float(dense["val_acc"].iloc[0])
+            _log_unlogged_levels(run, model, bundle.val_loader, logged)
         else:
             if cfg.model.train_epochs:
                 echo(f"training {cfg.model.name} for {cfg.model.train_epochs} epochs before pruning")
@@ -268,6 +255,38 @@ def _control_accuracies(run: Run) -> dict[str, float]:
         return {}
     rows = metrics[metrics["stage"].astype(str).str.startswith("control_")]
     return {f"acc_{stage}": float(acc) for stage, acc in zip(rows["stage"], rows["val_acc"], strict=True)}
+
+
+def _log_unlogged_levels(run: Run, model: Any, val_loader: Any, logged: set[str]) -> None:
+    """Metrics rows for the levels and controls `lottery/state.json` records but metrics.csv
+    lacks. The lottery saves a level's weights and state before its row is logged, so a kill in
+    between loses the row, and the resume (which skips recorded levels) never logs it. The row
+    is rebuilt by evaluating the level's saved masks and weights, as the run did."""
+    import copy
+    import json
+
+    import safetensors.torch
+
+    import pruners
+    from nasbench.classify import evaluate
+
+    out = run.path / "lottery"
+    try:
+        state = json.loads((out / "state.json").read_text())
+        entries = [*state["levels"], *state["controls"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a damaged state file: the lottery's own resume reports it
+    for entry in entries:
+        name = f"control_{entry['control']}" if "control" in entry else f"level_{entry['level']}"
+        if name in logged:
+            continue
+        net = copy.deepcopy(model)
+        if (out / name / "masks.safetensors").exists():  # level 0 is dense
+            pruners.apply_masks(net, pruners.load_masks(out / name / "masks.safetensors"))
+        pruners.lottery.load_model_state(net, safetensors.torch.load_file(
+            str(out / name / "weights.safetensors")))
+        run.log_metrics({"stage": name, "val_acc": evaluate(net, val_loader)})
+        logged.add(name)
 
 
 def _needs(cfg: PruneConfig, run: Run, bundle: Any, train_fn: Callable, example: Any) -> dict[str, Any]:

@@ -1,0 +1,59 @@
+"""Readers of the files the tool stores (Parquet tables, JSON documents) that turn a truncated,
+garbage or mis-shaped file into one `UserError` line naming it, instead of pyarrow's or json's
+multi-line traceback: the file may have been cut short by a crash or edited by hand."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from nasbench_core.errors import UserError
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def read_parquet(path: str | Path, error: type[UserError] = UserError) -> Any:
+    """The `pyarrow.Table` stored at `path`; a file pyarrow cannot read raises `error`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise error(f"{path} is not a readable Parquet table "
+                    f"(truncated or corrupted?): {_first_line(exc)}") from None
+
+
+def read_parquet_schema(path: str | Path, error: type[UserError] = UserError) -> Any:
+    """The schema of the Parquet file at `path` without its rows; unreadable raises `error`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise error(f"{path} is not a readable Parquet table "
+                    f"(truncated or corrupted?): {_first_line(exc)}") from None
+
+
+def read_json(path: str | Path, error: type[UserError] = UserError, *,
+              required: Iterable[str] = ()) -> Any:
+    """The JSON document at `path`; not UTF-8, not JSON, not an object when `required` keys are
+    asked for, or lacking one of them raises `error` naming the file."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path} is not readable JSON (truncated or corrupted?): "
+                    f"{_first_line(exc)}") from None
+    required = list(required)
+    if required and not isinstance(doc, dict):
+        raise error(f"{path} holds a JSON {type(doc).__name__}, not an object")
+    missing = [key for key in required if key not in doc]
+    if missing:
+        raise error(f"{path} lacks the key(s) {missing} (truncated or edited by hand?)")
+    return doc
