@@ -19,23 +19,24 @@ def _first_line(exc: BaseException) -> str:
 
 def read_parquet(path: str | Path, error: type[UserError] = UserError) -> Any:
     """The `pyarrow.Table` stored at `path`; a file pyarrow cannot read raises `error`."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise error(f"{path} is not a readable Parquet table "
-                    f"(truncated or corrupted?): {_first_line(exc)}") from None
+    return _parquet(pq.read_table, path, error)
 
 
 def read_parquet_schema(path: str | Path, error: type[UserError] = UserError) -> Any:
     """The schema of the Parquet file at `path` without its rows; unreadable raises `error`."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    return _parquet(pq.read_schema, path, error)
+
+
+def _parquet(read: Any, path: str | Path, error: type[UserError]) -> Any:
+    """`read(path)` with pyarrow's errors turned into one `error` line naming the file."""
+    import pyarrow as pa
+
     try:
-        return pq.read_schema(path)
+        return read(path)
     except (pa.ArrowException, OSError) as exc:
         raise error(f"{path} is not a readable Parquet table "
                     f"(truncated or corrupted?): {_first_line(exc)}") from None

@@ -192,7 +192,8 @@ def replay(curves: np.ndarray, features: np.ndarray, costs: np.ndarray, order: n
     from search.pareto import pareto_mask
 
     curves = np.asarray(curves, dtype=float)
-    costs = np.atleast_2d(np.asarray(costs, dtype=float).T).T
+    costs = np.asarray(costs, dtype=float)
+    costs = costs.reshape(len(costs), -1)  # one row per arch, one column per cost
     horizon = curves.shape[1]
     spent, complete, done = [], [], []
     directions = ["max"] + ["min"] * costs.shape[1]

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
-from nasbench.bench.optimizers import NB201
+from nasbench.bench.optimizers import NB201, require_nb201_file
 from nasbench.bench.registry import BenchOptions, BenchSettings, benchmark, names_of, one_of
 from nasbench_core.errors import UserError
 
@@ -49,8 +49,7 @@ class EarlyStoppingSettings(BenchSettings):
 
     @model_validator(mode="after")
     def _nb201_file(self) -> EarlyStoppingSettings:
-        if self.problem in NB201 and self.nb201 is None:
-            raise ValueError(f"problem {self.problem} needs nb201=PATH (the NAS-Bench-201 .pth file)")
+        require_nb201_file([self.problem], self.nb201)
         return self
 
 

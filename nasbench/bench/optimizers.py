@@ -46,6 +46,13 @@ REF_MARGIN = 0.1
 CURVE_STEP = 5
 
 
+def require_nb201_file(problems: Sequence[str], nb201: str | None) -> None:
+    """An nb201-* problem without `nb201=PATH` is refused (a settings validator's ValueError)."""
+    wanted = [p for p in problems if p in NB201]
+    if wanted and nb201 is None:
+        raise ValueError(f"problem {wanted[0]} needs nb201=PATH (the NAS-Bench-201 .pth file)")
+
+
 def _nb201(path: str | None, dataset: str):
     """The user's NAS-Bench-201 file for `dataset`, every arch queried once."""
     from nasbench.tabular.published import open_nasbench201
@@ -183,9 +190,7 @@ class OptimizersSettings(BenchSettings):
 
     @model_validator(mode="after")
     def _nb201_file(self) -> OptimizersSettings:
-        wanted = [p for p in self.problems if p in NB201]
-        if wanted and self.nb201 is None:
-            raise ValueError(f"problem {wanted[0]} needs nb201=PATH (the NAS-Bench-201 .pth file)")
+        require_nb201_file(self.problems, self.nb201)
         return self
 
     quick_defaults = {"budgets": [20, 40], "seeds": 2}
