@@ -7,7 +7,6 @@ without the CLI; `from_dict` gives the CLI one-line `ConfigError`s naming the ba
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from typing import Any
 from nasbench_core.errors import ConfigError
 from supernets.training import recipe_options
 from supernets.training.recipes import recipe
+from supernets.training.values import check_value as _check
+from supernets.training.values import coerce_value as _coerce
 
 OPTIMIZERS = ("sgd", "adamw")
 SAMPLINGS = ("sandwich", "uniform", "attentive", "progressive", "pada")
@@ -169,28 +170,3 @@ class TrainHParams:
 
     def replace(self, **changes: Any) -> TrainHParams:
         return dataclasses.replace(self, **changes)
-
-
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Accept YAML-typed values for a field; ints pass for floats, bools never pass for numbers."""
-    optional = isinstance(hint, types.UnionType) and type(None) in hint.__args__
-    base = next(a for a in hint.__args__ if a is not type(None)) if optional else hint
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{key}: expected {base.__name__}, got null")
-    ok = (
-        (base is bool and isinstance(value, bool))
-        or (base is int and isinstance(value, int) and not isinstance(value, bool))
-        or (base is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (base is str and isinstance(value, str))
-        or (typing.get_origin(base) is dict and isinstance(value, Mapping))
-    )
-    if not ok:
-        raise ConfigError(f"{key}: expected {base.__name__}, got {value!r}")
-    return float(value) if base is float else value

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasbench_core.errors import ConfigError
+from supernets.training.values import check_value as _check
+from supernets.training.values import coerce_value as _coerce
 
 ATTENTIVE_MODES = ("best_up", "worst_up")
 PS_GROUPS = ("kernel", "depth", "expand", "width")
@@ -113,8 +115,6 @@ def typed(key: str, value: Mapping[str, Any]) -> Any:
 
 
 def _build(cls: type, data: dict[str, Any], key: str) -> Any:
-    from supernets.training.hparams import _coerce  # hparams imports this module
-
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for name, value in data.items():
@@ -137,8 +137,3 @@ def _list_item(hint: Any) -> Any:
         if typing.get_origin(arg) is list:
             return typing.get_args(arg)[0]
     return None
-
-
-def _check(ok: Any, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
