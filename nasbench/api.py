@@ -92,11 +92,13 @@ def export(run: Run | str | os.PathLike, *, arch_id: str | None = None,
                               pick_from=pick_from)
 
 
-def measure_latency(config: ConfigInput = None, /, *, quiet: bool = False, **overrides: Any) -> Run:
-    """Time subnets of a supernet on this machine; the run holds `latency.parquet`."""
-    cfg = resolve(_latency.LatencyMeasureConfig, config, overrides=overrides)
+def measure_latency(config: ConfigInput = None, /, *, resume: ResumeArg = False,
+                    quiet: bool = False, **overrides: Any) -> Run:
+    """Time subnets of a supernet on this machine; the run holds `latency.parquet`. `resume`
+    continues a killed measurement, timing only the visits its journal lacks."""
+    cfg, path = _resume_target(_latency.LatencyMeasureConfig, config, resume, overrides)
     with quieted(quiet):
-        return _latency.measure(cfg)
+        return _latency.measure(cfg, resume=path)
 
 
 def fit_latency(run: Run | str | os.PathLike, *, quiet: bool = False, **options: Any) -> LatencyFit:

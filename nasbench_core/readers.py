@@ -58,3 +58,48 @@ def read_json(path: str | Path, error: type[UserError] = UserError, *,
     if missing:
         raise error(f"{path} lacks the key(s) {missing} (truncated or edited by hand?)")
     return doc
+
+
+def check_safetensors(path: str | Path, error: type[UserError] = UserError) -> list[str]:
+    """The tensor names of the safetensors file at `path`, reading only its header (which
+    safetensors checks covers the file exactly: a truncated or padded file fails); unreadable
+    raises `error` naming the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return list(fh.keys())  # noqa: SIM118 (safe_open is not iterable)
+    except (OSError, SafetensorError) as exc:
+        raise error(f"{path} is not a readable safetensors file (truncated or corrupted?): "
+                    f"{_first_line(exc)}") from None
+
+
+def read_csv(path: str | Path, error: type[UserError] = UserError) -> Any:
+    """The `pandas.DataFrame` of the CSV file the tool wrote at `path` (empty for an empty
+    file). Its writer ends every row with a newline and gives every row the header's fields,
+    so a file cut short, garbage, or not UTF-8 raises `error` naming the file instead of
+    reading as fewer or half rows."""
+    import csv
+    import io
+
+    import pandas as pd
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not a readable CSV file (truncated or corrupted?): "
+                    f"{_first_line(exc)}") from None
+    if not text:
+        return pd.DataFrame()
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise error(f"{path} is not a readable CSV file: {_first_line(exc)}") from None
+    width = len(rows[0])
+    short = next((n for n, row in enumerate(rows[1:], start=2) if len(row) != width), None)
+    if short is not None:
+        raise error(f"{path} is cut short or corrupted: row {short} has {len(rows[short - 1])} "
+                    f"fields, the header {width}")
+    if not text.endswith("\n"):
+        raise error(f"{path} is cut short: its last line has no newline")
+    return pd.read_csv(io.StringIO(text))

@@ -42,6 +42,7 @@ from torch import nn
 import cuda_ext
 from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import ConfigError
+from nasbench_core.readers import check_safetensors, read_json
 from nasbench_core.seeding import seeded, torch_generator
 from pruners.allocation import largest_remainder
 from pruners.baselines import pruned_counts
@@ -270,6 +271,37 @@ def resumable(out_dir: str | Path) -> bool:
     return (Path(out_dir) / "state.json").exists()
 
 
+def read_state(state_file: Path) -> dict[str, Any]:
+    """`state.json`: settings and the finished levels and controls; a damaged file is one
+    PruneError line naming it."""
+    state = read_json(state_file, PruneError, required=("settings", "levels", "controls"))
+    levels, controls = state["levels"], state["controls"]
+    if not (isinstance(state["settings"], dict) and isinstance(levels, list)
+            and isinstance(controls, list)
+            and all(isinstance(e, dict) and isinstance(e.get("level"), int) for e in levels)
+            and all(isinstance(e, dict) and e.get("control") in CONTROLS for e in controls)):
+        raise PruneError(f"{state_file} is not a lottery state (edited by hand?)")
+    return state
+
+
+def check_resumable(out_dir: str | Path) -> dict[str, Any]:
+    """The state of the lottery run in `out_dir`, with every safetensors file it names checked
+    readable (headers only): what a resume would load, refused before it starts."""
+    out = Path(out_dir)
+    state = read_state(out / "state.json")
+    files = [out / "init.safetensors"]
+    if state["levels"]:
+        files.append(out / "rewind.safetensors")
+    for entry in [*state["levels"], *state["controls"]]:
+        name = f"control_{entry['control']}" if "control" in entry else f"level_{entry['level']}"
+        files.append(out / name / "weights.safetensors")
+        if entry.get("level") != 0 or "control" in entry:  # level 0 is dense: no masks
+            files.append(out / name / "masks.safetensors")
+    for path in files:
+        check_safetensors(path, PruneError)
+    return state
+
+
 def lottery_ticket(
     model: nn.Module,
     train_fn: TrainFn,
@@ -343,7 +375,7 @@ def lottery_ticket(
     done_controls: list[dict[str, Any]] = []
     rewind_state: dict[str, torch.Tensor] | None = None
     if state_file is not None and state_file.exists():
-        saved = json.loads(state_file.read_text())
+        saved = read_state(state_file)
         _check_settings(state_file, saved["settings"], settings)
         done, done_controls = saved["levels"], saved["controls"]
         init = _load(out / "init.safetensors")

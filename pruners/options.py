@@ -16,6 +16,13 @@ from pruners.lottery import parse_span
 MinKeep = NonNegativeInt | Annotated[float, Field(ge=0.0, le=1.0)]
 """Weights every layer keeps: a count, or a fraction of the layer."""
 
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+"""A seed as `run.seed` takes it (numpy's generators refuse negative ones)."""
+
+Count = Annotated[int, Field(ge=1, le=1_000_000)]
+"""A number of steps, samples or units: bounded so a typo (10**12) is refused in one line
+before a model is touched, not found by an allocation that never ends."""
+
 
 class PrunerOptions(BaseModel):
     """No options: the base of every method's model."""
@@ -31,7 +38,7 @@ class GradualOptions(PrunerOptions):
     """Zhu & Gupta's cubic schedule in `steps` prunings; `finetune_steps` (`200it`, `1ep`; `0it`:
     none) of fine-tuning follow each, through the runner's `finetune`."""
 
-    steps: Annotated[int, Field(ge=1)] = 10
+    steps: Annotated[int, Field(ge=1, le=10_000)] = 10
     initial_sparsity: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     min_keep: MinKeep = 0
     finetune_steps: str = "1ep"
@@ -52,11 +59,11 @@ class UniformPlusOptions(PrunerOptions):
 
 class ErkOptions(PrunerOptions):
     score: Literal["magnitude", "random"] = "magnitude"
-    seed: int = 0
+    seed: Seed = 0
 
 
 class RandomOptions(PrunerOptions):
-    seed: int = 0
+    seed: Seed = 0
 
 
 class LotteryOptions(PrunerOptions):
@@ -74,7 +81,7 @@ class LotteryOptions(PrunerOptions):
     layers_to_ignore: list[str] | None = None
     output_rate: Annotated[float, Field(gt=0.0, lt=1.0)] | None = None
     controls: list[Literal["random", "reinit"]] = Field(default_factory=list)
-    seed: int | None = None
+    seed: Seed | None = None
 
     @field_validator("rewind", "train")
     @classmethod
@@ -103,21 +110,21 @@ class LayerDPOptions(PrunerOptions):
     `amount_batch`: amounts per forward. `iterative_steps` DP steps, `finetune_steps`
     optimizer steps of the runner's fine-tune between them."""
 
-    num_samples: Annotated[int, Field(ge=1)] = 1024
-    num_amounts: Annotated[int, Field(ge=2)] = 101
-    budget_units: Annotated[int, Field(ge=1)] = 4096
+    num_samples: Count = 1024
+    num_amounts: Annotated[int, Field(ge=2, le=10_001)] = 101
+    budget_units: Count = 4096
     budget: Literal["params", "flops"] = "params"
     worst_case: bool = False
-    iterative_steps: Annotated[int, Field(ge=1)] = 1
-    finetune_steps: NonNegativeInt = 0
+    iterative_steps: Annotated[int, Field(ge=1, le=1000)] = 1
+    finetune_steps: Annotated[int, Field(ge=0, le=1_000_000)] = 0
     curves: Literal["adaptive", "cached", "reference"] = "adaptive"
-    coarse_amounts: Annotated[int, Field(ge=3)] = 11
-    refine_tol: Annotated[float, Field(ge=0.0)] = 0.0
-    amount_batch: Annotated[int, Field(ge=1)] = 4
-    batch_size: Annotated[int, Field(ge=1)] = 256
-    seed: int = 0
+    coarse_amounts: Annotated[int, Field(ge=3, le=10_001)] = 11
+    refine_tol: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
+    amount_batch: Annotated[int, Field(ge=1, le=1024)] = 4
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 256
+    seed: Seed = 0
     min_keep: MinKeep = 0
 
 
-__all__ = ["ErkOptions", "GradualOptions", "LayerDPOptions", "LotteryOptions", "MagnitudeOptions",
-           "MinKeep", "PrunerOptions", "RandomOptions", "UniformPlusOptions"]
+__all__ = ["Count", "ErkOptions", "GradualOptions", "LayerDPOptions", "LotteryOptions", "MagnitudeOptions",
+           "MinKeep", "PrunerOptions", "RandomOptions", "Seed", "UniformPlusOptions"]

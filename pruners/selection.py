@@ -75,8 +75,10 @@ def _resolve_types(types: Iterable[type[nn.Module] | str] | None) -> tuple[type[
             if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
                 raise PruneError(f"unknown module type {t!r}; expected a torch.nn class name")
             out.append(cls)
-        else:
+        elif isinstance(t, type) and issubclass(t, nn.Module):
             out.append(t)
+        else:
+            raise PruneError(f"module type {t!r} is neither a torch.nn class nor its name")
     return tuple(out)
 
 
@@ -100,6 +102,10 @@ def select_targets(
                          ("include_types", include_types), ("exclude_types", exclude_types)):
         if value is not None and (isinstance(value, str) or not isinstance(value, Sequence)):
             raise PruneError(f"{label}={value!r} must be a list, e.g. [{value!r}]")
+    for label, patterns in (("include", include), ("exclude", exclude)):
+        odd = [p for p in patterns or () if not isinstance(p, str)]
+        if odd:
+            raise PruneError(f"{label} pattern {odd[0]!r} must be a string (a module-name glob)")
     for label, flag in (("prune_first", prune_first), ("prune_last", prune_last)):
         if not isinstance(flag, bool):
             raise PruneError(f"{label}={flag!r} must be true or false")

@@ -29,7 +29,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from nasbench_core.atomic import atomic_path
+from nasbench_core.atomic import atomic_path, fsync_path
 from nasbench_core.errors import RunError, UserError
 from nasbench_core.readers import read_parquet, read_parquet_schema
 from search.objectives import Objective
@@ -188,11 +188,7 @@ class EvaluationLog:
             fh.truncate(complete)
             os.fsync(fh.fileno())
         if created:  # make the new directory entry durable too
-            dir_fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_path(self.path.parent)
         self._fh = fh
 
     def close(self) -> None:
@@ -226,9 +222,14 @@ def read_log(path: str | Path) -> pd.DataFrame:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RunError(f"{path}: line {number} is not JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise RunError(f"{path}: line {number} is not UTF-8 text (corrupted?)") from None
+        if not isinstance(record, dict):
+            raise RunError(f"{path}: line {number} is not a JSON object (edited by hand?)")
+        records.append(record)
     df = pd.DataFrame.from_records(records)
     if "arch_id" in df.columns:
         df = df.drop_duplicates("arch_id", ignore_index=True)

@@ -21,6 +21,7 @@ from torch import nn
 
 from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import CheckpointError, UserError
+from nasbench_core.readers import check_safetensors
 
 FORMAT = "nasbench.checkpoint/1"
 RESERVED = ("format", "build_config", "space_fingerprint", "space", "mos", "mos_router_input", "optimizer",
@@ -102,6 +103,19 @@ def load_checkpoint(
             raise CheckpointError(f"checkpoint {stem} has no scheduler state to resume from")
         scheduler.load_state_dict(doc["scheduler"])
     return doc
+
+
+def verify_checkpoint(path: str | Path, net: nn.Module) -> Path:
+    """Everything `load_checkpoint(path, net, optimizer)` would refuse in the files, found
+    without loading a tensor (JSON document, compatibility, tensor headers and shapes, the
+    optimizer file's header); returns the stem. A resume runs it before reopening its run."""
+    stem = resolve_checkpoint(path)
+    doc = _read_doc(stem)
+    _check_compatible(stem, doc, net)
+    _check_tensors(stem, _file(stem, ".safetensors"), net)
+    if "optimizer" in doc:
+        check_safetensors(_file(stem, ".optim.safetensors"), CheckpointError)
+    return stem
 
 
 def load_supernet(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from nasbench_core.errors import UserError
 from nasbench_core.registry import Registry
 from supernets.base import Supernet
 
@@ -34,6 +35,22 @@ def list_supernets() -> list[str]:
     return SUPERNETS.list()
 
 
+MAX_PARAMS = 4_000_000_000  # 16 GB of float32 weights: more than this machine class can train
+
+
+def check_size(name: str, cls: type[Supernet], **kwargs: Any) -> None:
+    """Build the supernet on the meta device first (no memory) and refuse one whose weights
+    could not be allocated, in one line, before the real build tries."""
+    import torch
+
+    with torch.device("meta"):
+        probe = cls(**kwargs)
+    n = sum(p.numel() for p in probe.parameters())
+    if n > MAX_PARAMS:
+        raise UserError(f"this {name} supernet would hold {n:,} parameters (at most {MAX_PARAMS:,}); "
+                        "check width_mult and the supernet options")
+
+
 def create(
     name: str,
     *,
@@ -48,6 +65,9 @@ def create(
     from supernets.mos import apply_mos
 
     cls = SUPERNETS.get(name)
+    if kwargs or width_mult != 1.0:  # the presets themselves are known sizes
+        check_size(name, cls, num_classes=num_classes, in_chans=in_chans, width_mult=width_mult,
+                   preset=preset, **kwargs)
     net = cls(num_classes=num_classes, in_chans=in_chans, width_mult=width_mult, preset=preset,
               **kwargs)
     if mos is not None:

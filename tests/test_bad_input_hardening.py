@@ -125,6 +125,18 @@ CASES: list[tuple[str, list[str], Files, str]] = [
     ("budget-relative-huge", ["search", "--set", "budget=+99999999999"], {}, "from 1 to 1000000"),
     ("search-bn-batches", ["search", "--set", "evaluation.bn_batches=100000000"], {},
      "'evaluation.bn_batches'"),
+    ("early-stopping-negative-min-epochs", ["search", "--set", "benchmark.name=builtin", "--set",
+     "early_stopping.min_epochs=-1"], {}, "'early_stopping.min_epochs'"),
+    ("early-stopping-min-epochs-past-curve", ["search", "--set", "benchmark.name=builtin", "--set",
+     "objectives=[top1,latency_ms]", "--set", "early_stopping.min_epochs=10"], {},
+     "below the benchmark's 10 training epochs"),
+    *[(f"early-stopping-delta-{delta}", ["search", "--set", "benchmark.name=builtin", "--set",
+       f"early_stopping.delta={delta}"], {}, "'early_stopping.delta'") for delta in ("0", "1.5")],
+    ("early-stopping-supernet-mode", ["search", "--set", "early_stopping.min_epochs=7"], {},
+     "a supernet search has no learning curves"),
+    ("early-stopping-no-top1", ["search", "--set", "benchmark.name=builtin", "--set",
+     "objectives=[latency_ms,macs]", "--set", "early_stopping.min_epochs=3"], {},
+     "objectives must be top1 and costs"),
     ("quickstart-epochs", ["quickstart", "--set", "epochs=1000000"], {}, "'epochs'"),
     ("quickstart-budget", ["quickstart", "--set", "search_budget=100000000"], {}, "'search_budget'"),
     ("prune-finetune-epochs", ["prune", "--set", "finetune.epochs=1000000"], {},
@@ -194,7 +206,8 @@ _TINY = ["--quiet", "--set", "data.name=synthetic", "--set", "data.limit=32",
 
 
 def _real(kind: str) -> Path:
-    """The session's real `kind` run ("train", "search" or "latency"), made on first use."""
+    """The session's real `kind` run ("train", "search", "latency" or a lottery "prune"), made
+    on first use."""
     import shutil
     import tempfile
 
@@ -211,6 +224,10 @@ def _real(kind: str) -> Path:
                        "--set", "evaluation.val_batches=1"],
             "latency": ["latency", "measure", "--quiet", "--set", "latency.n=24",
                         "--set", "latency.repeats=2"],
+            "prune": ["prune", *_TINY, "--set", "model.source=timm", "--set", "model.name=test_resnet",
+                      "--set", "prune.method=lottery", "--set", "prune.sparsity=0.4",
+                      "--set", "prune.kwargs={train: 2it, controls: [random]}",
+                      "--set", "finetune.epochs=0", "--set", "onnx=false"],
         }[kind]
         commands = [[*args, "--set", f"run.root={root}", "--set", f"run.name={kind}"]]
         if kind == "latency":
@@ -263,12 +280,22 @@ def _broken(kind: str, name: str, damage: Callable[[Path], None]) -> Callable[[P
 
     def make(target: Path) -> None:
         shutil.copytree(_real(kind), target)
-        if kind in ("search", "train"):  # resumable: killed, not completed
+        if kind in ("search", "train", "prune", "latency"):  # resumable: killed, not completed
             manifest = json.loads((target / "manifest.json").read_text())
             manifest["status"] = "failed"
             (target / "manifest.json").write_text(json.dumps(manifest))
         damage(target / name)
     make.__name__ = f"{kind}_{name}_{damage.__name__}"
+    return make
+
+
+def _as_made(kind: str) -> Callable[[Path], None]:
+    """A copy of the real `kind` run as it was made: completed."""
+    import shutil
+
+    def make(target: Path) -> None:
+        shutil.copytree(_real(kind), target)
+    make.__name__ = f"{kind}_as_made"
     return make
 
 
@@ -294,6 +321,17 @@ FILE_CASES: list[tuple[str, list[str], Files, str]] = [
        "evaluations.log.jsonl")
       for verb, args in (("results", ["results", "s"]), ("export", ["export", "s", "--arch-id", "x"]),
                          ("resume", ["search", "--resume", "s"]))],
+    ("latency-resume-changed-n", ["latency", "measure", "--resume", "l", "--set", "latency.n=25"],
+     {"l": _broken("latency", "manifest.json", lambda p: None)}, "latency.n was 24, now 25"),
+    ("latency-resume-changed-seed", ["latency", "measure", "--resume", "l", "--set", "run.seed=1"],
+     {"l": _broken("latency", "manifest.json", lambda p: None)}, "run.seed was 0, now 1"),
+    ("latency-resume-completed", ["latency", "measure", "--resume", "l"], {"l": _as_made("latency")},
+     "already completed; nothing to resume"),
+    ("torn-journal-latency-resume", ["latency", "measure", "--resume", "l"],
+     {"l": _broken("latency", "latency_visits.log.jsonl", _torn_line)}, "latency_visits.log.jsonl"),
+    *[(f"latency-archs-{label}-resume", ["latency", "measure", "--resume", "l"],
+       {"l": _broken("latency", "latency_archs.json", damage)}, "latency_archs.json")
+      for label, damage in (("garbage", _garbage), ("missing-keys", _drop_keys("archs")))],
     ("pareto-garbage-results", ["results", "s"], {"s": _broken("search", "pareto.parquet", _garbage)},
      "pareto.parquet"),
     ("manifest-not-json-results", ["results", "s"], {"s": _broken("search", "manifest.json", _not_json)},
@@ -363,6 +401,62 @@ FILE_CASES: list[tuple[str, list[str], Files, str]] = [
      {"t.parquet": _garbage}, "t.parquet"),
     ("table-truncated-bench", ["bench", "optimizers", "--quick", "--set", "table=t.parquet"],
      {"t.parquet": _file_from("search", EVAL, _half)}, "t.parquet"),
+]
+
+
+def _drop_dense_row(path: Path) -> None:
+    """metrics.csv without its `dense` row (the lottery's levels follow it), lines intact."""
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(line for line in lines if not line.startswith("dense,")))
+
+
+def _levels_not_a_list(path: Path) -> None:
+    doc = json.loads(path.read_text())
+    doc["levels"] = "all of them"
+    path.write_text(json.dumps(doc))
+
+
+# `--resume` of a run with a damaged file: refused before the run is reopened, so the harness's
+# byte-for-byte check covers its manifest (status included) and every other file.
+LOTTERY = "lottery/state.json"
+RESUME_CASES: list[tuple[str, list[str], Files, str]] = [
+    *[(f"manifest-{label}-resume-{kind}", [kind, "--resume", "r"],
+       {"r": _broken(kind, "manifest.json", damage)}, "manifest.json")
+      for kind in ("search", "prune") for label, damage in (("not-json", _not_json),
+                                                            ("truncated", _half))],
+    ("manifest-truncated-resume-train", ["train", "--resume", "t"],
+     {"t": _broken("train", "manifest.json", _half)}, "manifest.json"),
+    ("search-resume-other-metrics", ["search", "--resume", "s", "--set", "objectives=[top1,params]"],
+     {"s": _broken("search", "manifest.json", lambda p: None)}, "evaluations table measures"),
+    ("search-resume-other-calibration", ["search", "--resume", "s",
+                                         "--set", "evaluation.bn_batches=2"],
+     {"s": _broken("search", "manifest.json", lambda p: None)}, "calibration.json holds"),
+    *[(f"train-resume-changed-{label}", ["train", "--resume", "t", "--set", setting],
+       {"t": _broken("train", "manifest.json", lambda p: None)}, expected)
+      for label, setting, expected in (
+          ("lr", "train.lr=0.3", "train.lr was"),
+          ("seed", "run.seed=7", "sampled archs with seed"),
+          ("batch", "data.batch_size=8", "steps per epoch"),
+          ("fewer-epochs", "train.epochs=0", "train.epochs"))],
+    ("journal-garbage-resume", ["search", "--resume", "s"],
+     {"s": _broken("search", "evaluations.log.jsonl", _garbage)}, "evaluations.log.jsonl"),
+    *[(f"lottery-state-{label}-resume", ["prune", "--resume", "p"],
+       {"p": _broken("prune", LOTTERY, damage)}, "state.json")
+      for label, damage in (("not-json", _not_json), ("truncated", _half), ("garbage", _garbage),
+                            ("missing-keys", _drop_keys("levels")),
+                            ("levels-not-a-list", _levels_not_a_list))],
+    *[(f"lottery-metrics-{label}-resume", ["prune", "--resume", "p"],
+       {"p": _broken("prune", "metrics.csv", damage)}, "metrics.csv")
+      for label, damage in (("truncated", _half), ("garbage", _garbage),
+                            ("no-dense-row", _drop_dense_row))],
+    *[(f"lottery-{label}-resume", ["prune", "--resume", "p"],
+       {"p": _broken("prune", f"lottery/{name}", damage)}, name)
+      for label, name, damage in (("init-truncated", "init.safetensors", _half),
+                                  ("rewind-garbage", "rewind.safetensors", _garbage),
+                                  ("level-weights-truncated", "level_1/weights.safetensors", _half),
+                                  ("level-masks-garbage", "level_1/masks.safetensors", _garbage),
+                                  ("control-weights-truncated",
+                                   "control_random/weights.safetensors", _half))],
 ]
 
 
@@ -457,6 +551,9 @@ MORE_CASES: list[tuple[str, list[str], Files, str]] = [
      {"s": lambda p: _fake_run(p, "search")}, "it is a `search` run"),
     ("train-val-fraction", ["train", "--set", "data.val_fraction=1.5"], {}, "'data.val_fraction'"),
     ("train-epochs-zero", ["train", "--set", "train.epochs=0"], {}, "train.epochs"),
+    ("latency-resume-a-train-run", ["latency", "measure", "--resume", "t"],
+     {"t": lambda p: _fake_run(p, "train")}, "it is a `train` run"),
+    ("latency-resume-missing", ["latency", "measure", "--resume", "{tmp}/nope"], {}, "run not found"),
     ("train-resume-a-latency-run", ["train", "--resume", "l"],
      {"l": lambda p: _fake_run(p, "latency")}, "it is a `latency` run"),
     ("train-weights-without-timm", ["train", "--set", "supernet.weights=w.pt"], {"w.pt": b"x"},
@@ -513,8 +610,95 @@ def _resumed(args: list[str]) -> str | None:
     return args[args.index("--resume") + 1] if "--resume" in args else None
 
 
-@pytest.mark.parametrize("case, args, files, expected", CASES + FILE_CASES + MORE_CASES,
-                         ids=[c[0] for c in CASES + FILE_CASES + MORE_CASES])
+# Free-form dicts, key by key: each known key typed and bounded, an unknown key named with the
+# allowed ones (optimizer settings and prune.kwargs by the registry's options models, `latency:`
+# by `latency measure`'s bounds).
+_OPT, _PRUNE = "optimizer.settings", "prune.kwargs"
+DICT_CASES: list[tuple[str, list[str], Files, str]] = [
+    *[(f"optimizer-{label}", ["search", "--set", f"optimizer.name={name}", "--set", f"{_OPT}={value}"],
+       {}, expected)
+      for label, name, value, expected in (
+          ("pop-size-huge", "nsga2", "{pop_size: 1000000000000}", "pop_size=1000000000000"),
+          ("pop-size-negative", "nsga2", "{pop_size: -2}", "pop_size=-2"),
+          ("pop-size-text", "nsga2", "{pop_size: lots}", "pop_size='lots'"),
+          ("unknown-key", "nsga2", "{popsize: 3}", "no setting 'popsize'; settings: max_stall, pop_size"),
+          ("eta-huge", "agemoea", "{eta: 1000000.0}", "eta=1000000.0: Input should be less"),
+          ("max-stall-huge", "random", "{max_stall: 10000000}", "max_stall=10000000"),
+          ("batch-size-zero", "random", "{batch_size: 0}", "batch_size=0"),
+          ("linas-inner-huge", "linas", "{inner_generations: 100000}", "inner_generations=100000"),
+          ("linas-folds-huge", "linas", "{folds: 1000}", "folds=1000"),
+          ("linas-regressor-unknown", "linas", "{regressors: [magic]}", "unknown regressor 'magic'"),
+          ("linas-regressors-empty", "linas", "{regressors: []}", "regressors=[]"),
+          ("zc-pool-huge", "random", "{zc_warm_start: {proxy: snip, pool: 10000000}}",
+           "'pool': 10000000}: Input should be less than or equal to 1000000"),
+          ("optuna-population-huge", "optuna", "{population_size: 10000000}",
+           "population_size=10000000: Input should be less than or equal to 1000000"),
+          ("optuna-study-name-long", "optuna", "{study_name: " + "s" * 300 + "}",
+           "String should have at most 200 characters"),
+          ("optuna-storage-bogus", "optuna", "{storage: redis}", "storage='redis'"))],
+    *[(f"search-latency-{label}", ["search", "--set", f"latency={value}",
+                                   "--set", "objectives=[top1,latency_ms]"], {}, expected)
+      for label, value, expected in (
+          ("repeats-text", "{repeats: many}", "repeats='many'"),
+          ("repeats-negative", "{repeats: -1}", "repeats=-1"),
+          ("batch-huge", "{batch: 1000000000}", "batch=1000000000"),
+          ("threads-zero", "{threads: 0}", "threads=0"),
+          ("clock-bogus", "{clock: sundial}", "clock='sundial'"),
+          ("unknown-key", "{repeat: 5}", "unknown setting 'repeat'; allowed: backend, batch"),
+          ("device-key", "{device: cpu}", "unknown setting 'device'"))],
+    ("search-latency-unknown-key-unused", ["search", "--set", "latency={bogus: 1}"], {},
+     "unknown setting 'bogus'"),
+    *[(f"prune-kwargs-{label}", ["prune", "--set", f"prune.method={method}", "--set", f"{_PRUNE}={value}"],
+       {}, expected)
+      for label, method, value, expected in (
+          ("gradual-steps-huge", "gradual_magnitude", "{steps: 1000000000}", "steps=1000000000"),
+          ("gradual-unknown-key", "gradual_magnitude", "{stepz: 3}",
+           "has no option 'stepz'; options: steps"),
+          ("layer-dp-samples-text", "layer_dp", "{num_samples: many}", "num_samples='many'"),
+          ("layer-dp-samples-negative", "layer_dp", "{num_samples: -4}", "num_samples=-4"),
+          ("layer-dp-batch-huge", "layer_dp", "{batch_size: 10000000}", "batch_size=10000000"),
+          ("layer-dp-amounts-huge", "layer_dp", "{num_amounts: 100000000}",
+           "num_amounts=100000000: Input should be less than or equal to 10001"),
+          ("layer-dp-steps-huge", "layer_dp", "{iterative_steps: 100000}",
+           "iterative_steps=100000: Input should be less than or equal to 1000"),
+          ("erk-seed-negative", "erk", "{seed: -1}", "seed=-1"),
+          ("random-seed-huge", "random", "{seed: 100000000000}", "seed=100000000000"),
+          ("lottery-seed-huge", "lottery", "{seed: 100000000000}", "seed=100000000000"),
+          ("exclude-not-strings", "global_magnitude", "{exclude: [1, 2]}",
+           "exclude pattern 1 must be a string"),
+          ("include-types-int", "global_magnitude", "{include_types: [5]}",
+           "module type 5 is neither a torch.nn class nor its name"))],
+    *[(f"prune-structured-kwargs-{label}", ["prune", "--set", "prune.kind=structured",
+                                            "--set", "prune.method=layer_dp",
+                                            "--set", f"{_PRUNE}={value}"], {}, expected)
+      for label, value, expected in (
+          ("samples-huge", "{num_samples: 10000000}", "num_samples=10000000: Input should be less"),
+          ("seed-negative", "{seed: -3}", "seed=-3"),
+          ("unknown-key", "{samples: 3}", "has no option 'samples'; options: importance"))],
+    *[(f"supernet-kwargs-{label}", [*command.split(), "--set", f"supernet.family={family}",
+                                    "--set", f"supernet.kwargs={value}"], {}, expected)
+      for label, command, family, value, expected in (
+          ("width-huge", "train", "mbv3", "{stem_width: 100000000}",
+           "mbv3 option 'stem_width' is 100000000; expected 0..65536"),
+          ("width-text", "train", "mbv3", "{stem_width: wide}", "'stem_width' must be a number"),
+          ("resolution-negative", "train", "mbv3", "{resolutions: [16, -32]}",
+           "'resolutions'[1] is -32"),
+          ("stage-missing-key", "train", "mbv3", "{stages: [{width: 8}]}",
+           "'stages'[0]: missing key 'act'"),
+          ("expand-nan", "train", "resnet", "{expands: [.nan]}", "'expands'[0] is nan"),
+          ("depths-not-list", "latency measure", "resnet", "{depths: 3}", "'depths' must be a list"),
+          ("vit-unknown", "train", "vit", "{num_heads: 4}", "unknown vit option 'num_heads'"),
+          ("too-many-weights", "train", "mbv3", "{head_width: 60000, final_width: 60000, "
+           "stages: [{width: 60000, stride: 1, act: relu, se: false, depths: [60000], kernels: [3], "
+           "expands: [6]}]}", "supernet would hold"))],
+    ("supernet-width-mult-huge", ["train", "--set", "supernet.width_mult=1000000"], {},
+     "parameters (at most 4,000,000,000)"),
+]
+
+ALL_CASES = CASES + FILE_CASES + RESUME_CASES + MORE_CASES + DICT_CASES
+
+
+@pytest.mark.parametrize("case, args, files, expected", ALL_CASES, ids=[c[0] for c in ALL_CASES])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, sandbox, case, args, files, expected):
     _make(sandbox, files)
     before = _listing(sandbox)
@@ -530,17 +714,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, sandbox, case, arg
     assert len(lines[0]) < 600  # a hostile value is quoted short, not echoed whole
     after = _listing(sandbox)
     changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
-    manifest = f"{resumed}/manifest.json"
     assert changed <= set(kept), sorted(changed)  # nothing new; only a reopened run's files
-    for name in changed - {manifest}:  # rewritten as they were (config.yaml, metrics.csv)
-        assert (sandbox / name).read_bytes() == kept[name], name
-    if manifest in changed:  # the run had started again: it is marked failed, saying why
-        doc = json.loads((sandbox / manifest).read_text())
-        assert doc["status"] == "failed" and expected in doc["error"], doc["error"]
+    for name in changed:  # a refused resume leaves its run byte for byte (the lock's file is
+        assert (sandbox / name).read_bytes() == kept[name], name  # opened: its mtime moves)
 
 
 def test_the_suite_is_large_and_its_cases_distinct():
-    cases = CASES + FILE_CASES + MORE_CASES
+    cases = ALL_CASES
     assert len(cases) >= 150
     assert len({c[0] for c in cases}) == len(cases)
 
@@ -552,6 +732,40 @@ def test_the_suite_is_large_and_its_cases_distinct():
     commands = {c[1][0] for c in cases}
     assert commands >= {"train", "search", "prune", "export", "latency", "results", "quickstart",
                         "bench", "cluster", "submit", "jobs"}
+
+
+def test_the_csv_reader_refuses_every_cut_but_one_at_a_row_end(tmp_path):
+    """metrics.csv cut at each of its bytes: a cut just after a row's newline reads as exactly
+    the rows before it (a shorter, whole file); any other cut is one RunError naming the file
+    (a cut inside the last value keeps the row's fields, so only the missing newline tells)."""
+    import io
+
+    import pandas as pd
+
+    from nasbench_core.errors import RunError
+    from nasbench_core.readers import read_csv
+
+    full = pd.DataFrame({"stage": ["dense", "level_1", "control_random"],
+                         "val_acc": [0.6251, 0.59375, 0.5], "sparsity": [0.0, 0.2, None]})
+    text = full.to_csv(index=False)
+    path = tmp_path / "metrics.csv"
+    for cut in range(1, len(text)):
+        path.write_text(text[:cut])
+        if text[cut - 1] == "\n":
+            rows = text[:cut].count("\n") - 1
+            expected = pd.read_csv(io.StringIO(text)).head(rows)
+            got = read_csv(path, RunError)
+            pd.testing.assert_frame_equal(got, expected, check_dtype=rows > 0)
+        else:
+            with pytest.raises(RunError, match="metrics.csv is cut short"):
+                read_csv(path, RunError)
+    lines = text.splitlines(keepends=True)  # a middle row torn, the rows after it whole
+    path.write_text(lines[0] + lines[1] + lines[2][:9] + "\n" + lines[3])
+    with pytest.raises(RunError, match="corrupted: row 3 has 2 fields, the header 3"):
+        read_csv(path, RunError)
+    path.write_bytes(b"stage,val_acc\n\xff\xfe,1\n")
+    with pytest.raises(RunError, match="metrics.csv is not a readable CSV file"):
+        read_csv(path, RunError)
 
 
 # -- the YAML bounds themselves ---------------------------------------------------------------

@@ -130,3 +130,33 @@ def test_directory_resolves_to_latest_complete_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path).name == "epoch_0010"
     assert read_checkpoint_meta(tmp_path)["epoch"] == 10
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_each_checkpoint_file_is_fsynced_before_its_rename_and_its_directory_after(
+        tmp_path, monkeypatch):
+    """Durable, not only atomic: each of the three files' data reaches the disk before the
+    rename makes it visible, and the directory entry right after (`nasbench_core.atomic`)."""
+    import os
+
+    events: list[tuple[str, int]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))  # a rename keeps the inode
+        return real_replace(src, dst)
+
+    net = tiny()
+    opt, _ = stepped_adamw(net)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    stem = save_checkpoint(tmp_path / "ck", net, opt, meta={})
+    folder = tmp_path.stat().st_ino
+    for suffix in (".safetensors", ".optim.safetensors", ".json"):
+        ino = stem.with_name(stem.name + suffix).stat().st_ino
+        renamed = events.index(("replace", ino))
+        assert ("fsync", ino) in events[:renamed], suffix
+        assert events[renamed + 1] == ("fsync", folder), suffix  # before the next file

@@ -1,8 +1,9 @@
 """The kill suite (issue 19 §5): a real `nasbench` process is SIGKILLed after its k-th durable
-write (or, for `latency measure`, which writes its table once at the end, at a seeded time), then
-resumed. After each kill no file is half-written, nothing measured before the kill is lost beyond
-the item in flight, and the resumed result equals an uninterrupted run's: bitwise final weights
-for `train`, masks and weights for a lottery `prune`, the same rows and values for `search`.
+write (for `latency measure`, its k-th journaled visit), then resumed. After each kill no file
+is half-written, nothing measured before the kill is lost beyond the item in flight, and the
+resumed result equals an uninterrupted run's: bitwise final weights
+for `train`, masks and weights for a lottery `prune`, the same rows and values for `search`, the
+same subnets for `latency measure` with every median and IQR from its journaled samples.
 
 The kill points come from a seeded RNG, so a red run names a reproducible point; two more kill
 a lottery exactly between a level's durable state and its metrics row. The default suite kills
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -28,7 +30,10 @@ import yaml
 
 import nasbench
 from search.evaluations import log_path, read_log
+from search.latency.journal import VISITS
+from search.latency.measure import Visit
 from tests.test_durable_search import tiny_search
+from tests.test_latency_resume import kept_attempt
 from tests.test_lottery_resume import CONFIG as LOTTERY
 from tests.test_lottery_resume import same_run_bits
 from tests.test_train_kill_resume import DETERMINISTIC, same_weights, tiny
@@ -75,11 +80,13 @@ def lines(path: Path) -> Callable[[], int]:
 def assert_intact(run_dir: Path) -> None:
     """Every file the tool reads is whole: JSON parses, Parquet opens, safetensors load, CSV
     parses, journal lines parse but for a torn last one. Temp files a kill left behind are the
-    hidden `.NAME.*.tmp` siblings of atomic writes (nasbench_core.atomic), which no reader opens."""
+    hidden `.NAME.*.tmp` siblings of atomic writes (nasbench_core.atomic) and safetensors' own
+    `.tmpXXXXXX` (its Rust writer's temp file), which no reader opens."""
     for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
         name = path.name
         if name.startswith("."):
-            assert name.endswith(".tmp") or name in {".lock", ".lock.json"}, path
+            assert name.endswith(".tmp") or re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", name) \
+                or name in {".lock", ".lock.json"}, path
             if name == ".lock.json":
                 json.loads(path.read_text())
             continue
@@ -257,8 +264,9 @@ def check_lottery_kill(tmp_path: Path, reference: Path, k: int) -> None:
 
 # ---- latency measure --------------------------------------------------------------------
 
-LATENCY = ["latency.n=6", "latency.warmup=1", "latency.repeats=4", "latency.threads=1",
-           "latency.pool_factor=1", "latency.rounds=2"]
+LATENCY = ["latency.n=6", "latency.warmup=1", "latency.repeats=40", "latency.threads=1",
+           "latency.pool_factor=1", "latency.rounds=4"]
+"""6 subnets x 4 rounds of 10 timed calls: 24 journaled visits before any re-timing."""
 
 
 def measure(root: Path, name: str) -> list[str]:
@@ -266,35 +274,41 @@ def measure(root: Path, name: str) -> list[str]:
     return [_exe(), "latency", "measure", *(a for s in sets for a in ("--set", s)), "--quiet"]
 
 
-def check_latency_kill(tmp_path: Path, after_s: float, reference: pd.DataFrame | None) -> None:
-    """`latency measure` interleaves its timing rounds, so no row is complete before the last
-    round and the table is written once, atomically, at the end; the run has no `--resume`. A
-    kill leaves a `running` run with no table (or the whole table), never half of one; measuring
-    again gives the same subnets (a seeded stratified sample) as an uninterrupted run."""
+def journal_visits(journal: Path) -> list[Visit]:
+    """The complete lines of a visit journal, as visits (a torn last line is not one)."""
+    body = journal.read_bytes()
+    return [Visit(r["attempt"], r["round"], r["index"], tuple(r["samples_ms"]))
+            for r in map(json.loads, body[: body.rfind(b"\n") + 1].splitlines())]
+
+
+def check_latency_kill(tmp_path: Path, k: int, reference: pd.DataFrame) -> None:
+    """Kill once k visits are journaled, resume, compare: every visit journaled before the kill
+    is still in the journal and none is timed again; the table has the uninterrupted run's
+    subnets row for row, and each median and IQR is the journal's (pre-kill samples included)."""
     run_dir = tmp_path / "results" / "killed"
-    started: list[float] = []
-
-    def ready() -> bool:
-        if not started and (run_dir / "manifest.json").exists():
-            started.append(time.monotonic())
-        return bool(started) and time.monotonic() - started[0] >= after_s
-
-    try:
-        kill_when(measure(tmp_path / "results", "killed"), ready, tmp_path)
-    except Unkilled:
-        assert status(run_dir) == "completed"  # the run ended first: then it is whole
+    journal = run_dir / VISITS
+    kill_when(measure(tmp_path / "results", "killed"), lambda: lines(journal)() >= k, tmp_path)
+    assert status(run_dir) == "running"
     assert_intact(run_dir)
-    if status(run_dir) == "running":
-        assert not (run_dir / "latency.parquet").exists() \
-            or len(pq.read_table(run_dir / "latency.parquet")) == 6
-    resume_dir = tmp_path / "results" / "again"
-    resume(*measure(tmp_path / "results", "again")[1:-1])
-    assert_intact(resume_dir)
-    table = pd.read_parquet(resume_dir / "latency.parquet")
-    assert len(table) == 6 and table["latency_ms"].gt(0).all()
-    if reference is not None:
-        assert table["arch_id"].tolist() == reference["arch_id"].tolist()
-        assert table["macs"].tolist() == reference["macs"].tolist()
+    assert not (run_dir / "latency.parquet").exists() \
+        or len(pq.read_table(run_dir / "latency.parquet")) == 6  # none, or a whole one
+    before = journal_visits(journal)
+    assert len(before) >= k
+    resume("latency", "measure", "--resume", str(run_dir))
+    assert status(run_dir) == "completed"
+    assert_intact(run_dir)
+    after = journal_visits(journal)
+    assert after[: len(before)] == before  # nothing journaled is lost or rewritten ...
+    assert len({v.key for v in after}) == len(after)  # ... or timed again
+    table = pd.read_parquet(run_dir / "latency.parquet")
+    for column in ["arch_id", "arch", "macs", "params"]:  # the uninterrupted run's rows, in order
+        assert table[column].tolist() == reference[column].tolist(), column
+    for i, row in table.iterrows():
+        visits = [v for v in after if v.index == i]
+        for attempt in range(row["latency_ms_retimed"] + 1):  # the uninterrupted sample count
+            assert sum(len(v.samples_ms) for v in visits if v.attempt == attempt) == 40
+        oracle = kept_attempt(visits, i)
+        assert (row["latency_ms"], row["latency_ms_iqr"]) == (oracle.median_ms, oracle.iqr_ms)
 
 
 @pytest.fixture(scope="module")
@@ -313,8 +327,8 @@ SEARCH_POINTS = sorted(_rng.sample(range(1, BUDGET), 6))
 """k-th journaled evaluation of 10."""
 LOTTERY_POINTS = sorted(_rng.sample(range(1, 16), 6))
 """k-th durable lottery write of 17 (13 safetensors files and 4 levels in state.json)."""
-LATENCY_POINTS = sorted(round(_rng.uniform(0.0, 3.0), 2) for _ in range(4))
-"""Seconds after the run's manifest appears."""
+LATENCY_POINTS = sorted(_rng.sample(range(1, 22), 4))
+"""k-th journaled visit of 24 before re-timings (the last few are too close to the end)."""
 
 
 # The default suite: one kill per command, at the first of its points.
@@ -373,8 +387,9 @@ def test_a_lottery_killed_between_a_level_and_its_row_loses_no_row(tmp_path, lot
     same_run_bits(lottery_reference, run_dir)  # metrics.csv included: level_1's row is back
 
 
-def test_a_killed_latency_measure_leaves_no_half_table(tmp_path):
-    check_latency_kill(tmp_path, LATENCY_POINTS[0], None)
+def test_a_killed_latency_measure_resumes_keeping_every_journaled_visit(tmp_path,
+                                                                         latency_reference):
+    check_latency_kill(tmp_path, LATENCY_POINTS[0], latency_reference)
 
 
 @pytest.mark.slow
@@ -396,6 +411,6 @@ def test_lottery_killed_after_the_kth_write(tmp_path, lottery_reference, k):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after_s", LATENCY_POINTS)
-def test_latency_measure_killed_at_a_seeded_time(tmp_path, latency_reference, after_s):
-    check_latency_kill(tmp_path, after_s, latency_reference)
+@pytest.mark.parametrize("k", LATENCY_POINTS)
+def test_latency_measure_killed_after_the_kth_visit(tmp_path, latency_reference, k):
+    check_latency_kill(tmp_path, k, latency_reference)

@@ -362,7 +362,7 @@ def test_an_existing_run_directory_names_resume_only_where_it_exists(tmp_path):
     from nasbench.errors import RunError
     from nasbench.runs import start_run
 
-    for command, hint in [("latency", None), ("train", ""), ("prune", " (a lottery run)")]:
+    for command, hint in [("export", None), ("train", ""), ("prune", " (a lottery run)")]:
         (tmp_path / command).mkdir()
         with pytest.raises(RunError) as info, start_run(command, {}, 0, root=tmp_path, name=command):
             pass

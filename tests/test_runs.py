@@ -128,3 +128,18 @@ def test_seed_everything_repeats_results():
         return torch.cat([layer.weight.flatten(), torch.rand(3)])
 
     assert torch.equal(draw(), draw())
+
+
+def test_a_resume_removes_the_temp_files_a_kill_left_and_nothing_else(tmp_path):
+    """Ours (`.NAME.*.tmp`) and safetensors' own Rust temp files (`.tmpXXXXXX`) go; other hidden
+    files (the lock) and look-alikes that are not temp files stay."""
+    with pytest.raises(KeyboardInterrupt), start_run("train", {}, 0, root=tmp_path, name="r") as run:
+        raise KeyboardInterrupt
+    stale = [run.path / ".epoch_0001.safetensors.abc123.tmp", run.path / "ckpt" / ".tmpPZFaLw"]
+    kept = [run.path / ".tmpshort", run.path / "ckpt" / ".tmpTooLong12", run.path / "notes.tmp"]
+    for path in stale + kept:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    with start_run("train", {}, 0, resume=run.path):
+        assert not any(p.exists() for p in stale)
+        assert all(p.exists() for p in kept)

@@ -66,7 +66,7 @@ def test_search_writes_run_and_resume_extends_without_reevaluating(cli, tmp_path
     ({"optimizer": {"name": "nsga2", "settings": {"popsize": 3}}}, ["no setting 'popsize'"]),
     ({"supernet": {"family": "mbv3", "run": "x"}}, ["exactly one of supernet.run"]),
     ({"objectives": ["top1", "latency_ms"], "latency": {"thread": 1}},
-     ["latency: unknown setting 'thread'"]),
+     ["'latency': unknown setting 'thread'"]),
 ])
 def test_config_mistakes_are_one_line_errors(cli, tmp_path, extra, needles):
     result = cli("search", write_config(tmp_path, **extra))

@@ -1,7 +1,7 @@
 """`nasbench latency measure | fit | evaluate`: the latency runners from the shell.
 
 `measure CONFIG` accepts a YAML file or a `nasbench train` run directory (its supernet is
-rebuilt; weights do not change latency).
+rebuilt; weights do not change latency); `measure --resume RUN` continues a killed measurement.
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ from pathlib import Path
 
 import typer
 
-from nasbench.commands.common import CONFIG_ARGUMENT, QUIET_OPTION, SET_OPTION
+from nasbench.commands.common import (
+    CONFIG_ARGUMENT,
+    QUIET_OPTION,
+    RESUME_OPTION,
+    SET_OPTION,
+    resume_target,
+)
 
 app = typer.Typer(help="Measure latency tables and fit latency predictors.", no_args_is_help=True)
 
@@ -19,18 +25,23 @@ app = typer.Typer(help="Measure latency tables and fit latency predictors.", no_
 def measure(
     config: Path | None = CONFIG_ARGUMENT,
     overrides: list[str] = SET_OPTION,
+    resume: Path | None = RESUME_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Time N subnets stratified by size; writes a run with latency.parquet."""
+    """Time N subnets stratified by size; writes a run with latency.parquet. `--resume RUN`
+    times only the visits a killed measurement had not journaled (its settings unchanged)."""
     from nasbench.progress import set_quiet
     from nasbench.runners import latency
     from nasbench.runners.config import resolve
 
     set_quiet(quiet)
+    if resume is not None:
+        resume, config = resume_target("latency", resume, config)
     if config is not None and config.is_dir():
         overrides = [f"supernet.from_run={config}", *overrides]
         config = None
-    latency.measure(resolve(latency.LatencyMeasureConfig, config, cli_overrides=overrides))
+    latency.measure(resolve(latency.LatencyMeasureConfig, config, cli_overrides=overrides),
+                    resume=resume)
 
 
 @app.command("fit")

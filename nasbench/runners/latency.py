@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -23,6 +23,10 @@ from nasbench.config import RunConfig, StrictModel
 from nasbench.config.sections import MAX_BATCH
 from nasbench.errors import RunError, UserError
 from nasbench.runs import Run, RunLock
+
+if TYPE_CHECKING:  # both import torch: loaded when a measurement runs, not with the CLI
+    from search.latency import LatencySettings
+    from supernets.space import Arch, SearchSpace
 
 PREDICTOR = "latency_predictor"
 
@@ -96,8 +100,17 @@ def _input_shape(net, cfg: MeasureSection) -> tuple[int, ...] | None:
     return (chans, cfg.resolution, cfg.resolution)
 
 
-def measure(cfg: LatencyMeasureConfig) -> Run:
-    """Sample `cfg.latency.n` subnets stratified by MACs, time each, store the table."""
+ARCHS = "latency_archs.json"
+"""The sampled subnets of a measure run, recorded before any is timed: a resume times these."""
+
+
+def measure(cfg: LatencyMeasureConfig, *, resume: Path | None = None) -> Run:
+    """Sample `cfg.latency.n` subnets stratified by MACs, time each, store the table.
+
+    Every visit is journaled as it finishes (`search.latency.journal`), so `resume` (the run
+    directory of a killed measurement with the same config) times only what the journal lacks,
+    in the order the uninterrupted run would have, and writes the table it would have written.
+    """
     import json
     from dataclasses import asdict
 
@@ -106,6 +119,7 @@ def measure(cfg: LatencyMeasureConfig) -> Run:
     from nasbench_core.seeding import seed_everything
     from search.costs import count_macs, subnet_input_shape
     from search.latency import LatencySettings, measure_archs, stratified_sample
+    from search.latency.journal import VISITS, VisitJournal
 
     m = cfg.latency
     settings = LatencySettings(
@@ -117,28 +131,40 @@ def measure(cfg: LatencyMeasureConfig) -> Run:
     net = _build_supernet(cfg.supernet).eval()
     shape = _input_shape(net, m)
     info = settings.device_info()
+    setup = {"device": info.to_dict(), "settings": asdict(settings), "supernet": net.build_config(),
+             "space": net.space.to_dict(), "space_fingerprint": net.space.fingerprint()}
+    if resume is not None:
+        _check_resumable(Path(resume), cfg, setup, settings, net.space)
 
     def macs_of(arch: dict) -> float:
         return float(count_macs(net.extract(arch), subnet_input_shape(net, arch, shape)))
 
     with start_run("latency", cfg.model_dump(mode="json"), cfg.run.seed, root=cfg.run.root,
-                   name=cfg.run.name) as run:
-        run.update_manifest(
-            device=info.to_dict(), settings=asdict(settings), supernet=net.build_config(),
-            space=net.space.to_dict(), space_fingerprint=net.space.fingerprint(),
-        )
+                   name=cfg.run.name, resume=resume) as run:
+        run.update_manifest(**setup)
         echo(f"device {info.key}")
-        archs = stratified_sample(net.space, macs_of, m.n, cfg.run.seed,
-                                  pool_factor=m.pool_factor, bins=m.bins)
-        table = measure_archs(net, archs, settings, extract=m.extract, input_shape=shape,
-                              seed=cfg.run.seed, on_progress=_progress_lines())
+        archs = _recorded_archs(run, net.space, m.n)
+        if archs is None:
+            archs = stratified_sample(net.space, macs_of, m.n, cfg.run.seed,
+                                      pool_factor=m.pool_factor, bins=m.bins)
+            run.write_json(ARCHS, {"archs": [net.space.canonical_json(a) for a in archs]})
+        with VisitJournal(run.path / VISITS, [net.space.arch_id(a) for a in archs]) as journal:
+            done = journal.load(settings)
+            journal.cut_torn_tail()
+            if resume is not None:
+                torn = "; dropped its torn last line" if journal.dropped_tail else ""
+                echo(f"resuming: {len(done)} visits journaled in {VISITS}{torn}")
+            table = measure_archs(net, archs, settings, extract=m.extract, input_shape=shape,
+                                  seed=cfg.run.seed, on_progress=_progress_lines(),
+                                  done=done, on_visit=journal.record)
         state = table.attrs["machine_state"]
         run.write_table("latency", table, metadata={
             "device": info.key, "space_fingerprint": net.space.fingerprint(),
             "machine_state": json.dumps(state),
         })
         noisy = int(table["latency_ms_noisy"].sum())
-        run.update_manifest(latency_rows=len(table), machine_state=state, latency_noisy_rows=noisy)
+        run.update_manifest(latency_rows=len(table), machine_state=state, latency_noisy_rows=noisy,
+                            latency_visits_resumed=len(done))
         echo(f"{len(table)} subnets: latency {table['latency_ms'].min():.3f}-"
              f"{table['latency_ms'].max():.3f} ms (median), MACs {int(table['macs'].min()):,}-"
              f"{int(table['macs'].max()):,} -> {run.path / 'latency.parquet'}")
@@ -146,6 +172,81 @@ def measure(cfg: LatencyMeasureConfig) -> Run:
              f"{int((table['latency_ms_retimed'] > 0).sum())} re-timed, {noisy} still noisy "
              f"(IQR/median > {m.max_rel_iqr}); load average {_load(state)}")
         return run
+
+
+def _check_resumable(path: Path, cfg: LatencyMeasureConfig, setup: dict[str, Any],
+                     settings: LatencySettings, space: SearchSpace) -> None:
+    """Refuse, before anything is written, a resume that would mix timings of two measurements:
+    another command's run, a completed one, any change to the stored config, to the resolved
+    timing settings (`threads` and `device` default to what the machine has), the device or the
+    supernet, or a damaged record of the archs or journal. Each refusal is one line. (The run
+    re-reads both under its lock: another process may have appended since.)"""
+    import json
+
+    from nasbench.runs import load_run
+    from search.latency.journal import VISITS, VisitJournal
+
+    run = load_run(path)
+    if run.manifest.get("command") != "latency":
+        raise RunError(f"cannot resume {run.path} with `latency measure`: it is a "
+                       f"`{run.manifest.get('command')}` run")
+    if run.status == "completed":
+        raise RunError(f"run {run.path} already completed; nothing to resume")
+    stored = {**run.manifest, "config": _settings_of(run.config.model_dump(mode="json"))}
+    wanted = json.loads(json.dumps(
+        {"config": _settings_of(cfg.model_dump(mode="json")), **setup}, default=str))
+    sections = [name for name in ("config", "settings", "supernet", "space", "space_fingerprint",
+                                  "device") if name in stored]  # a setting before what it implies
+    changed = [d for name in sections for d in _differences(stored[name], wanted[name], f"{name}.")]
+    if changed:
+        key, old, new = changed[0]
+        raise RunError(f"cannot resume {run.path}: {key.removeprefix('config.')} was {_short(old)}, "
+                       f"now {_short(new)}; a resume keeps the run's settings (start a new run to "
+                       "change them)")
+    archs = _recorded_archs(run, space, cfg.latency.n)
+    if archs is not None:
+        VisitJournal(run.path / VISITS, [space.arch_id(a) for a in archs]).load(settings)
+
+
+def _settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without `run.root` and `run.name`: the run resumed is the directory given,
+    wherever it has moved; everything else decides what is timed and how."""
+    run = {k: v for k, v in config.get("run", {}).items() if k not in ("root", "name")}
+    return {**config, "run": run}
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) wherever two JSON documents differ; a key missing from one is None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new))
+                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _recorded_archs(run: Run, space: SearchSpace, n: int) -> list[Arch] | None:
+    """The subnets `ARCHS` records (None before a first measurement recorded them), checked:
+    `n` distinct archs of `space`; anything else is a one-line RunError naming the file."""
+    from nasbench_core.errors import ArchError
+    from nasbench_core.readers import read_json
+
+    target = run.path / ARCHS
+    if not target.exists():
+        return None
+    texts = read_json(target, RunError, required=("archs",))["archs"]
+    if not isinstance(texts, list) or len(texts) != n or not all(isinstance(t, str) for t in texts):
+        raise RunError(f"{target}: expected a list of {n} archs (truncated or edited by hand?)")
+    try:
+        archs = [space.parse(text) for text in texts]
+    except ArchError as exc:
+        raise RunError(f"{target}: {exc}") from None
+    if len({space.arch_id(a) for a in archs}) != n:
+        raise RunError(f"{target}: an arch is listed twice (edited by hand?)")
+    return archs
 
 
 def _load(state: dict) -> str:

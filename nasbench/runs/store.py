@@ -17,10 +17,11 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from nasbench.runs.facts import git_commit, package_versions
 from nasbench.termination import Terminated, sigterm_raises
 from nasbench_core.atomic import atomic_path, atomic_write_text
 from nasbench_core.errors import RunError
-from nasbench_core.readers import read_json, read_parquet, read_parquet_schema
+from nasbench_core.readers import read_csv, read_json, read_parquet, read_parquet_schema
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -219,9 +220,7 @@ class Run:
     @property
     def metrics(self) -> pd.DataFrame:
         target = self.path / "metrics.csv"
-        if not target.exists() or target.stat().st_size == 0:
-            return pd.DataFrame()
-        return pd.read_csv(target)
+        return read_csv(target, RunError) if target.exists() else pd.DataFrame()
 
     def tables(self) -> list[str]:
         return sorted(p.stem for p in self.path.glob("*.parquet"))
@@ -318,7 +317,7 @@ def lock_holder(path: Path, wait: float = 1.0) -> str:
         time.sleep(0.05)
 
 
-_RESUME_HINTS = {"train": "", "search": "", "prune": " (a lottery run)"}
+_RESUME_HINTS = {"train": "", "search": "", "prune": " (a lottery run)", "latency": ""}
 """Commands with `--resume`, and which of their runs it continues."""
 
 
@@ -380,6 +379,14 @@ def _write_config_yaml(path: Path, config: dict[str, Any]) -> None:
     atomic_write_text(path / "config.yaml", yaml.safe_dump(plain, sort_keys=False))
 
 
+def _stale_temp_files(root: Path) -> list[Path]:
+    """Temp files a SIGKILL left: ours (`.NAME.*.tmp`, between write and rename, see
+    nasbench_core.atomic) and safetensors' own (`.tmpXXXXXX`, its Rust writer's temp file)."""
+    ours = set(root.rglob(".*.tmp"))
+    theirs = {p for p in root.rglob(".tmp*") if re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", p.name)}
+    return sorted(p for p in ours | theirs if p.is_file())
+
+
 @contextlib.contextmanager
 def start_run(
     command: str,
@@ -390,13 +397,18 @@ def start_run(
     resume: str | os.PathLike | None = None,
     overwrite: bool = False,
     reopen_completed: bool = False,
+    check_resume: Callable[[Run], None] | None = None,
 ) -> Iterator[Run]:
     """Create (or resume) a run under `root` (default `$NASBENCH_RESULTS`, else ./results); on
     exit mark it completed, or failed with the error. `reopen_completed` lets a job that can
     grow (a search given a larger budget) continue a completed run; resuming records `config`.
 
     The run directory is locked (`RunLock`) from before its first write until after its last:
-    a run another process is writing is refused with a one-line RunError."""
+    a run another process is writing is refused with a one-line RunError.
+
+    `check_resume(run)` reads, under the lock and before anything is written, the files the
+    resume will read (checkpoints, tables, state): a damaged one is refused in one line and
+    the run is left byte for byte as it was, not reopened and marked failed."""
     if resume is not None:
         run = load_run(resume)
         if run.manifest.get("command") != command:
@@ -410,7 +422,9 @@ def start_run(
             run = load_run(run.path)  # as the previous holder left it, now that it is ours
             if run.status == "completed" and not reopen_completed:
                 raise RunError(f"run {run.path} already completed; nothing to resume")
-            for stale in run.path.rglob(".*.tmp"):  # left by a SIGKILL between write and rename
+            if check_resume is not None:
+                check_resume(run)
+            for stale in _stale_temp_files(run.path):
                 stale.unlink()
             run.manifest.setdefault("resumes", []).append(_now())
             run.manifest.update(status="running", ended=None, error=None, config=config)

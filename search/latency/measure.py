@@ -13,7 +13,9 @@ Robust timing (`time_robust`, used by every measurement here): the repeats are s
 shuffled order, so a burst of load from another process hits all models alike instead of
 skewing the ones timed during it. A model whose IQR/median is above `max_rel_iqr` is re-timed
 (at most `max_retimes` times, the quietest attempt kept) and stays flagged `noisy` if it never
-gets under the threshold.
+gets under the threshold. Each round's order is seeded by (seed, attempt, round) alone, and the
+visits a killed measurement journaled can be handed back (`done`), so a resume times only the
+rest, in the order the uninterrupted measurement would have (`search.latency.journal`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import io
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -198,40 +200,79 @@ def visits_per_model(s: LatencySettings) -> int:
     return min(s.rounds, s.repeats)
 
 
+VisitKey = tuple[int, int, int]
+"""(attempt, round, runner index) of one visit: attempt 0 is the first measurement, k the k-th
+re-timing."""
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One visit of one runner and the samples (ms) it gave; `replayed` when they came from a
+    previous process's journal (`done`) instead of the clock."""
+
+    attempt: int
+    round: int
+    index: int
+    samples_ms: tuple[float, ...]
+    replayed: bool = False
+
+    @property
+    def key(self) -> VisitKey:
+        return (self.attempt, self.round, self.index)
+
+
+def round_order(n: int, seed: int, attempt: int, round_: int) -> list[int]:
+    """Positions 0..n-1 in the order one round visits them: in order for the first round of the
+    first attempt, else shuffled by a generator seeded with (seed, attempt, round) alone. No round
+    depends on what was timed before it, so a resumed measurement visits its remaining rounds in
+    the order the uninterrupted one would have."""
+    if attempt == 0 and round_ == 0:
+        return list(range(n))
+    return [int(i) for i in np.random.default_rng([seed, attempt, round_]).permutation(n)]
+
+
 def time_interleaved(
     runners: Sequence[Runner],
     s: LatencySettings,
-    rng: np.random.Generator,
     *,
+    seed: int = 0,
+    attempt: int = 0,
+    indices: Sequence[int] | None = None,
     before_visit: Callable[[int], None] | None = None,
-    fresh: bool = True,
-    on_visit: Callable[[], None] | None = None,
+    warm: set[int] | None = None,
+    done: Mapping[VisitKey, Sequence[float]] | None = None,
+    on_visit: Callable[[Visit], None] | None = None,
 ) -> list[list[float]]:
     """Samples (ms) of each runner: `min(rounds, repeats)` visits of `ceil(repeats / rounds)`
-    timed calls.
+    timed calls, each round in `round_order`.
 
-    The first round visits the runners in order with the full warmup when `fresh`; later
-    rounds (and every round of a re-timing) visit them in a shuffled order after a short
-    warmup of at most 2 calls. `before_visit(i)` prepares runner `i` (e.g. activates its arch).
+    `indices` name the runners (default 0..n-1) in visit keys, `warm` and `before_visit(i)`
+    (which prepares runner `i`, e.g. activates its arch). A runner's first visit in this
+    process (not in `warm`, which is updated) gets the full warmup, later ones at most 2 calls.
+    A visit whose key is in `done` takes those samples instead of timing (a resume);
+    `on_visit` sees every visit as it finishes.
     """
+    ids = list(range(len(runners))) if indices is None else [int(i) for i in indices]
+    warm = set() if warm is None else warm
     rounds = visits_per_model(s)
     per_visit = -(-s.repeats // rounds)
     samples: list[list[float]] = [[] for _ in runners]
     for r in range(rounds):
-        first = fresh and r == 0
-        order = range(len(runners)) if first else rng.permutation(len(runners))
-        for i in order:
-            if before_visit is not None:
-                before_visit(int(i))
-            samples[i] += time_runner(runners[i], s.warmup if first else min(s.warmup, 2), per_visit)
+        for pos in round_order(len(runners), seed, attempt, r):
+            index = ids[pos]
+            replayed = done is not None and (attempt, r, index) in done
+            if replayed:
+                times = [float(t) for t in done[(attempt, r, index)]]
+            else:
+                if before_visit is not None:
+                    before_visit(index)
+                warmup = s.warmup if index not in warm else min(s.warmup, 2)
+                times = time_runner(runners[pos], warmup, per_visit)
+                warm.add(index)
+            samples[pos] += times
             if on_visit is not None:
-                on_visit()
+                on_visit(Visit(attempt, r, index, tuple(times), replayed))
     return samples
-
-
-def _subset_hook(before_visit: Callable[[int], None], indices: list[int]) -> Callable[[int], None]:
-    """`before_visit` for a subset: visit `j` of the subset is runner `indices[j]`."""
-    return lambda j: before_visit(indices[j])
 
 
 def time_robust(
@@ -241,6 +282,8 @@ def time_robust(
     seed: int = 0,
     before_visit: Callable[[int], None] | None = None,
     on_progress: Progress | None = None,
+    done: Mapping[VisitKey, Sequence[float]] | None = None,
+    on_visit: Callable[[Visit], None] | None = None,
 ) -> list[LatencyResult]:
     """Median and IQR of each runner, timed in interleaved rounds; noisy ones re-timed.
 
@@ -248,26 +291,33 @@ def time_robust(
     interleaved), up to `s.max_retimes` times; the attempt with the smallest IQR/median is kept,
     so a burst of load during one attempt does not stick. `on_progress(done, total)` counts
     visits; `total` grows when re-timings are needed.
+
+    Resumable: `done` holds visits a killed process finished (by `Visit.key`); they are not
+    timed again, and since the rounds' orders are seeded one by one and the noisy set follows
+    from the samples, the rest is visited as the uninterrupted measurement would have.
+    `on_visit` sees each visit timed now (not the replayed ones), e.g. to journal it.
     """
-    rng = np.random.default_rng(seed)
-    total, done = len(runners) * visits_per_model(s), 0
+    total, count = len(runners) * visits_per_model(s), 0
+    warm: set[int] = set()
 
-    def visited() -> None:
-        nonlocal done
-        done += 1
+    def visited(visit: Visit) -> None:
+        nonlocal count
+        count += 1
         if on_progress is not None:
-            on_progress(done, total)
+            on_progress(count, total)
+        if on_visit is not None and not visit.replayed:
+            on_visit(visit)
 
-    results = [LatencyResult.from_samples(t) for t in
-               time_interleaved(runners, s, rng, before_visit=before_visit, on_visit=visited)]
+    common = {"seed": seed, "before_visit": before_visit, "warm": warm, "done": done,
+              "on_visit": visited}
+    results = [LatencyResult.from_samples(t) for t in time_interleaved(runners, s, **common)]
     for attempt in range(1, s.max_retimes + 1):
         noisy = [i for i, r in enumerate(results) if r.rel_iqr > s.max_rel_iqr]
         if not noisy:
             break
         total += len(noisy) * visits_per_model(s)
-        hook = None if before_visit is None else _subset_hook(before_visit, noisy)
-        again = time_interleaved([runners[i] for i in noisy], s, rng, before_visit=hook,
-                                 fresh=False, on_visit=visited)
+        again = time_interleaved([runners[i] for i in noisy], s, attempt=attempt, indices=noisy,
+                                 **common)
         for i, times in zip(noisy, again, strict=True):
             retry = LatencyResult.from_samples(times)
             results[i] = replace(min(results[i], retry, key=lambda r: r.rel_iqr), retimed=attempt)

@@ -9,7 +9,7 @@ average, CPU clock) at the start and end of the measurement.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -23,6 +23,8 @@ from search.latency.measure import (
     LatencyResult,
     LatencySettings,
     Progress,
+    Visit,
+    VisitKey,
     prepare_runner,
     time_robust,
     torch_threads,
@@ -51,20 +53,24 @@ def time_archs(
     modules: Sequence[nn.Module] | None = None,
     seed: int = 0,
     on_progress: Progress | None = None,
+    done: Mapping[VisitKey, Sequence[float]] | None = None,
+    on_visit: Callable[[Visit], None] | None = None,
 ) -> list[LatencyResult]:
     """Time validated archs together (interleaved rounds, noisy ones re-timed) with resolved
     settings: their extracted `modules`, or, without them, the supernet itself with each arch
-    set before its visits (ONNX Runtime exports the arch active when its runner is made)."""
+    set before its visits (ONNX Runtime exports the arch active when its runner is made).
+    `done` and `on_visit` resume and journal the visits (see `time_robust`)."""
+    resumable = {"seed": seed, "on_progress": on_progress, "done": done, "on_visit": on_visit}
     with torch_threads(settings.threads):
         if modules is not None:
             runners = [prepare_runner(m, shape, settings) for m, shape in zip(modules, shapes, strict=True)]
-            return time_robust(runners, settings, seed=seed, on_progress=on_progress)
+            return time_robust(runners, settings, **resumable)
         runners = []
         for arch, shape in zip(archs, shapes, strict=True):
             supernet.set_active(arch)
             runners.append(prepare_runner(supernet, shape, settings))
-        return time_robust(runners, settings, seed=seed, on_progress=on_progress,
-                           before_visit=lambda i: supernet.set_active(archs[i]))
+        return time_robust(runners, settings, before_visit=lambda i: supernet.set_active(archs[i]),
+                           **resumable)
 
 
 def measure_archs(
@@ -76,12 +82,16 @@ def measure_archs(
     input_shape: Sequence[int] | None = None,
     seed: int = 0,
     on_progress: Progress | None = None,
+    done: Mapping[VisitKey, Sequence[float]] | None = None,
+    on_visit: Callable[[Visit], None] | None = None,
 ) -> pd.DataFrame:
     """Measure each arch's subnet (extracted, or the supernet set active) at its resolution.
 
     The archs are timed together in `settings.rounds` interleaved rounds (shuffled order by
     `seed`), and those whose IQR/median exceeds `settings.max_rel_iqr` are re-timed up to
-    `settings.max_retimes` times (see `time_robust`).
+    `settings.max_retimes` times (see `time_robust`). `on_visit` sees each visit as it is
+    timed (a journal); `done` holds the visits a killed measurement of the same archs, in the
+    same order, with the same settings and seed finished, which are not timed again.
     """
     space: SearchSpace = supernet.space
     settings = (settings or LatencySettings()).resolve()
@@ -96,7 +106,7 @@ def measure_archs(
         modules.append(module)
     before = machine_state()
     results = time_archs(supernet, archs, shapes, settings, modules=modules if extract else None,
-                         seed=seed, on_progress=on_progress)
+                         seed=seed, on_progress=on_progress, done=done, on_visit=on_visit)
     for row, result in zip(rows, results, strict=True):
         row.update(result_columns(result), device=info.key, backend=info.backend,
                    batch=info.batch, threads=info.threads)

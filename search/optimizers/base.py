@@ -20,7 +20,11 @@ settings_dataclass = functools.partial(
     pydantic.dataclasses.dataclass, config=pydantic.ConfigDict(strict=True, extra="forbid"))
 """An optimizer's class decorator: its fields are its settings, checked by type and range."""
 
-PositiveInt = Annotated[int, pydantic.Field(ge=1)]
+MAX_COUNT = 1_000_000
+"""The most a population, batch, pool or stall count may be: the largest search budget
+(nasbench's `budget` bound), so a typo such as 10**12 is one line, not an endless allocation."""
+
+PositiveInt = Annotated[int, pydantic.Field(ge=1, le=MAX_COUNT)]
 
 
 @settings_dataclass

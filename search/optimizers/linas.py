@@ -24,18 +24,31 @@ from search.optimizers.base import Optimizer, PositiveInt, register_optimizer, s
 from search.optimizers.pymoo_search import initial_sampling, integer_operators, rank_rows
 from search.optimizers.zc_warm_start import ProxyFeatures, ProxyName, ZCWarmStart, warm_start_archs
 from search.predictors import make_regressor, select_regressor
-from search.predictors.regressors import fit_quietly
+from search.predictors.regressors import fit_quietly, list_regressors
 from search.problem import PymooProblem, SearchProblem
+
+InnerCount = Annotated[int, pydantic.Field(ge=1, le=10_000)]
+"""The inner NSGA-II on the predictors runs pop_size x generations predictions per step."""
+
+
+def _regressor_name(name: str) -> str:
+    if name not in list_regressors():
+        raise ValueError(f"unknown regressor {name!r}; known: {list_regressors()}")
+    return name
+
+
+RegressorName = Annotated[str, pydantic.AfterValidator(_regressor_name)]
 
 
 @register_optimizer("linas", help="predictor-assisted NSGA-II (DyNAS-T LINAS)")
 @settings_dataclass
 class LINAS(Optimizer):
     pop_size: PositiveInt = 20
-    inner_pop_size: PositiveInt = 50
-    inner_generations: PositiveInt = 40
-    regressors: list[str] = field(default_factory=lambda: ["ridge", "svr"])
-    folds: Annotated[int, pydantic.Field(ge=2)] = 3
+    inner_pop_size: InnerCount = 50
+    inner_generations: InnerCount = 40
+    regressors: Annotated[list[RegressorName], pydantic.Field(min_length=1, max_length=20)] = field(
+        default_factory=lambda: ["ridge", "svr"])
+    folds: Annotated[int, pydantic.Field(ge=2, le=100)] = 3
     seed_extremes: bool = True
     zc_warm_start: ZCWarmStart | None = None
     zc_features: list[ProxyName] = field(default_factory=list)

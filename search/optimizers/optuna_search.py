@@ -9,9 +9,10 @@ evaluations table still decides what costs budget, so resumed trials are never r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
+import pydantic
 
 from search.optimizers.base import Optimizer, PositiveInt, register_optimizer, settings_dataclass
 from search.problem import SearchProblem
@@ -45,7 +46,7 @@ def _make_storage(kind: Literal["journal", "sqlite"], workdir: Path | None):
 class OptunaSearch(Optimizer):
     sampler: Sampler = "tpe"
     population_size: PositiveInt = 20
-    study_name: str = "nasbench-search"
+    study_name: Annotated[str, pydantic.Field(min_length=1, max_length=200)] = "nasbench-search"
     storage: Literal["journal", "sqlite"] = "journal"
 
     def run(self, problem: SearchProblem, *, seed: int = 0, workdir: Path | None = None) -> None:

@@ -102,7 +102,7 @@ def run_ask_tell(algorithm, problem: SearchProblem, seed: int, max_stall: int) -
 @settings_dataclass
 class _PymooOptimizer(Optimizer):
     pop_size: PositiveInt = 20
-    eta: Annotated[float, pydantic.Field(gt=0)] = 3.0
+    eta: Annotated[float, pydantic.Field(gt=0, le=1000)] = 3.0
     seed_extremes: bool = True
 
     def make(self, problem: SearchProblem, seed: int):

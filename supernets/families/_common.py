@@ -33,8 +33,66 @@ def preset_kwargs(family: str, presets: dict[str, dict[str, Any]], preset: str,
     unknown = sorted(set(overrides) - set(base))
     if unknown:
         raise UserError(f"unknown {family} option {unknown[0]!r}; known: {sorted(base)}")
+    for key, value in overrides.items():
+        check_option(f"{family} option {key!r}", value, base[key])
     base.update(overrides)
     return base
+
+
+MAX_OPTION_INT = 1 << 16  # widths, depths, kernels, resolutions: far beyond any real space
+MAX_OPTION_FLOAT = 1024.0  # expand ratios, mlp ratios
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a yes/no"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return "null" if value is None else type(value).__name__
+
+
+def check_option(what: str, value: Any, like: Any, depth: int = 0) -> None:
+    """A family option override has the preset value's kind (a list of choices may also be one
+    list per block) and bounded numbers, so a typo or a hostile value is one line, not a
+    TypeError deep in the constructor or a 1e16-weight allocation."""
+    if depth > 8:
+        raise UserError(f"{what} is nested too deeply")
+    if _kind(value) != _kind(like) and not (like is None or value is None):
+        raise UserError(f"{what} must be {_kind(like)}, got {_kind(value)} {value!r:.60}")
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, int):
+        if not 0 <= value <= MAX_OPTION_INT:
+            raise UserError(f"{what} is {value}; expected 0..{MAX_OPTION_INT}")
+    elif isinstance(value, float):
+        if not 0.0 <= value <= MAX_OPTION_FLOAT:  # also refuses nan and inf
+            raise UserError(f"{what} is {value}; expected 0..{MAX_OPTION_FLOAT:g}")
+    elif isinstance(value, str):
+        if len(value) > 64:
+            raise UserError(f"{what} is longer than 64 characters")
+    elif isinstance(value, (list, tuple)):
+        if len(value) > 4096:
+            raise UserError(f"{what} has {len(value)} entries; at most 4096")
+        items = list(like) if isinstance(like, (list, tuple)) else []
+        for i, item in enumerate(value):
+            # a per-block spec nests one level deeper than the preset's shared list
+            ref = items[min(i, len(items) - 1)] if items else item
+            if isinstance(item, (list, tuple)) and not isinstance(ref, (list, tuple)):
+                ref = [ref]
+            check_option(f"{what}[{i}]", item, ref, depth + 1)
+    elif isinstance(value, Mapping):
+        extra, missing = sorted(set(value) - set(like)), sorted(set(like) - set(value))
+        if extra or missing:
+            raise UserError(f"{what}: {'unknown' if extra else 'missing'} key "
+                            f"{(extra or missing)[0]!r}; expected keys: {sorted(like)}")
+        for k, item in value.items():
+            check_option(f"{what}[{k!r}]", item, like[k], depth + 1)
 
 
 def choices(values: Sequence[Any]) -> list[Any]:

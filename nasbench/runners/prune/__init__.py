@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from nasbench.config import DataConfig, RunConfig, StrictModel
 from nasbench.config.sections import MAX_EPOCHS
-from nasbench.errors import CheckpointError, ConfigError
+from nasbench.errors import CheckpointError, ConfigError, RunError
 from nasbench.runs import Run
 
 
@@ -164,7 +164,7 @@ def run(config: PruneConfig, *, resume: Path | None = None) -> Run:
     example = next(iter(bundle.val_loader))[0][:1]
 
     with start_run("prune", cfg.model_dump(mode="json"), cfg.run.seed, root=cfg.run.root,
-                   name=cfg.run.name, resume=resume) as run:
+                   name=cfg.run.name, resume=resume, check_resume=_check_lottery_files) as run:
         done = run.metrics
         dense = done[done["stage"] == "dense"] if "stage" in done else done
         logged = set(done["stage"]) if "stage" in done else set()
@@ -239,6 +239,21 @@ def _check_resumable(cfg: PruneConfig, path: Path) -> None:
     for key, old, new in _differences(stored, wanted):
         raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {new!r}; a resume keeps "
                           "the run's settings (start a new run to change them)")
+
+
+def _check_lottery_files(run: Run) -> None:
+    """What a lottery resume reads, checked before the run is reopened: metrics.csv (with the
+    dense row a resume past level 0 takes the dense accuracy from), `lottery/state.json` and
+    the masks and weights it names."""
+    import pruners
+
+    metrics = run.metrics
+    if not pruners.lottery.resumable(run.path / "lottery"):
+        return
+    pruners.lottery.check_resumable(run.path / "lottery")
+    if "stage" not in metrics or not (metrics["stage"] == "dense").any():
+        raise RunError(f"{run.path / 'metrics.csv'} lacks the dense row the lottery's levels "
+                       "follow (cut short or edited by hand?)")
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
