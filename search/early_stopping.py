@@ -184,31 +184,54 @@ class Replay:
         return self.order[self.complete]
 
 
+class StoppingRun:
+    """A train-from-scratch search's stopping state, one arch at a time: the front of the
+    archs trained to the end so far (accuracy max, costs min) and the stopper that learns from
+    their curves. `replay` is this over a whole order; the search runner feeds it each arch as
+    the optimizer asks for it and, on resume, the logged archs again in their order: the
+    decisions are a pure function of that order, so a resumed run decides as it would have.
+
+    `eligible` (default all) marks the archs that may enter the front when complete (those
+    meeting the search's constraints); every complete curve trains the stopper."""
+
+    def __init__(self, curves: np.ndarray, features: np.ndarray, costs: np.ndarray,
+                 stopper: CurveStopper | None, eligible: np.ndarray | None = None) -> None:
+        self.curves = np.asarray(curves, dtype=float)
+        self.costs = np.asarray(costs, dtype=float).reshape(len(self.curves), -1)
+        self.features = features
+        self.stopper = stopper
+        self.eligible = (np.ones(len(self.curves), dtype=bool) if eligible is None
+                         else np.asarray(eligible, dtype=bool))
+        self.directions = ["max"] + ["min"] * self.costs.shape[1]
+        self.horizon = self.curves.shape[1]
+        self._done: list[int] = []
+        self.front: np.ndarray = np.empty(0, dtype=int)
+
+    def train(self, i: int) -> tuple[int, bool]:
+        """Train arch `i` epoch by epoch along its curve: (epochs spent, trained to the end)."""
+        from search.pareto import pareto_mask
+
+        curves, costs, stopper = self.curves, self.costs, self.stopper
+        needed = needed_accuracy(curves[self.front, -1], costs[self.front], costs[i])
+        decide_at = stopper.decide_at if stopper is not None else []
+        stopped_at = next((t for t in decide_at
+                           if stopper.should_stop(self.features[i], curves[i, :t], needed)), None)
+        if stopped_at is not None:
+            return stopped_at, False
+        if stopper is not None:
+            stopper.add_complete(self.features[i], curves[i])
+        if self.eligible[i]:
+            self._done.append(i)
+            points = np.column_stack([curves[self._done, -1], costs[self._done]])
+            self.front = np.asarray(self._done)[pareto_mask(points, self.directions)]
+        return self.horizon, True
+
+
 def replay(curves: np.ndarray, features: np.ndarray, costs: np.ndarray, order: np.ndarray,
            stopper: CurveStopper | None) -> Replay:
     """Train the archs `order` names one after another, epoch by epoch along their recorded
     `curves` (n x horizon), stopping those `stopper` predicts cannot join the front of the
     archs completed so far (accuracy max, `costs` min). `stopper=None` trains all to the end."""
-    from search.pareto import pareto_mask
-
-    curves = np.asarray(curves, dtype=float)
-    costs = np.asarray(costs, dtype=float)
-    costs = costs.reshape(len(costs), -1)  # one row per arch, one column per cost
-    horizon = curves.shape[1]
-    spent, complete, done = [], [], []
-    directions = ["max"] + ["min"] * costs.shape[1]
-    front: np.ndarray = np.empty(0, dtype=int)
-    for i in order:
-        needed = needed_accuracy(curves[front, -1], costs[front], costs[i])
-        decide_at = stopper.decide_at if stopper is not None else []
-        stopped_at = next((t for t in decide_at
-                           if stopper.should_stop(features[i], curves[i, :t], needed)), None)
-        spent.append(horizon if stopped_at is None else stopped_at)
-        complete.append(stopped_at is None)
-        if stopped_at is None:
-            done.append(i)
-            if stopper is not None:
-                stopper.add_complete(features[i], curves[i])
-            points = np.column_stack([curves[done, -1], costs[done]])
-            front = np.asarray(done)[pareto_mask(points, directions)]
-    return Replay(np.asarray(order), np.asarray(spent), np.asarray(complete, dtype=bool))
+    run = StoppingRun(curves, features, costs, stopper)
+    spent, complete = zip(*(run.train(i) for i in order), strict=True) if len(order) else ((), ())
+    return Replay(np.asarray(order), np.asarray(spent, dtype=int), np.asarray(complete, dtype=bool))

@@ -31,8 +31,10 @@ SPARSITY = "sparsity"
 KINDS = ("unstructured", "structured")
 
 
-def check_method(kind: str, method: str, sparsities: Sequence[float]) -> None:
-    """One line for a kind, method or sparsity this search cannot use (before any work)."""
+def check_method(kind: str, method: str, sparsities: Sequence[float],
+                 options: Mapping[str, Any] | None = None) -> None:
+    """One line for a kind, method, sparsity or pruner option (`round_to=0`) this search cannot
+    use (before any work)."""
     import pruners
 
     if kind not in KINDS:
@@ -46,6 +48,9 @@ def check_method(kind: str, method: str, sparsities: Sequence[float]) -> None:
     for s in sparsities:
         if not 0.0 <= s < 1.0:
             raise UserError(f"search.prune.sparsity {s} is outside [0, 1)")
+    if options:
+        validate = pruners.validate_shrink_options if kind == "structured" else pruners.validate_prune_options
+        validate(method, dict(options), where="search.prune.options")
 
 
 class PrunedSubnets(nn.Module):
@@ -56,7 +61,7 @@ class PrunedSubnets(nn.Module):
     def __init__(self, supernet: nn.Module, *, kind: str, method: str, sparsities: Sequence[float],
                  options: Mapping[str, Any] | None = None, calibration: Sequence | None = None):
         super().__init__()
-        check_method(kind, method, sparsities)
+        check_method(kind, method, sparsities, options)
         object.__setattr__(self, "supernet", supernet)  # not a child: its BN stays untouched
         self.kind, self.method = kind, method
         self.options = dict(options or {})

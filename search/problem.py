@@ -65,8 +65,17 @@ def parse_constraint(text: str, known: Sequence[str] | None = None) -> Constrain
     return Constraint(column, op, value)
 
 
+STOPPED = "stopped_early"
+"""The column a train-from-scratch search with early stopping marks its cut-short runs in."""
+
+
 def feasible_mask(df: pd.DataFrame, constraints: Sequence[Constraint]) -> np.ndarray:
+    """Rows meeting every constraint. A run stopped early (`stopped_early`) is never feasible:
+    its top1 is where its curve stood when stopped, not a trained result, so it never enters a
+    Pareto front, `pareto.parquet` or an export pick."""
     mask = np.ones(len(df), dtype=bool)
+    if STOPPED in df.columns:
+        mask &= ~df[STOPPED].fillna(False).to_numpy(dtype=bool)
     for c in constraints:
         if c.column not in df.columns:
             raise UserError(f"constraint '{c}' names column {c.column!r} which the table lacks; "

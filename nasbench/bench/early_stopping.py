@@ -64,13 +64,6 @@ def _open(s: EarlyStoppingSettings):
     return open_nasbench201(s.nb201, dataset=NB201[s.problem]).tabulate(curves=True)
 
 
-def _curves(bench) -> np.ndarray:
-    if "top1_curve" not in bench.table.columns:
-        raise UserError("this tabular benchmark has no learning curves (`top1_curve`); add them "
-                        "with `python -m nasbench.tabular.generate --add-curves --out TABLE`")
-    return np.vstack(bench.table["top1_curve"].to_numpy()).astype(float)
-
-
 def _epochs_to_reach(curves, costs, replay, ref, true_hv: float, targets: list[float]):
     """Epochs spent until the completed archs' front first holds each share of the true HV."""
     from search.pareto import hypervolume
@@ -106,7 +99,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
 
     s = EarlyStoppingSettings.of(opts)
     bench = _open(s)
-    curves = _curves(bench)
+    curves = bench.curves()
     missing = [c for c in s.costs if c not in bench.table.columns]
     if missing:
         raise UserError(f"bench early_stopping: problem {s.problem} has no cost {missing[0]!r}")

@@ -35,27 +35,35 @@ class SearchSettings(BenchSettings):
     quick_defaults = {"budgets": [20, 40], "seeds": 2}
 
 
-def _supernet_run(opts: BenchOptions) -> Path:
-    """A trained tiny mbv3-on-digits run: given, cached from a previous bench, or trained now."""
+RECIPES = {"mbv3": ("train_mbv3_digits.yaml", "search-supernet"),
+           "resnet": ("train_resnet_mnist5k.yaml", "search-supernet-resnet")}
+"""Per family: the example training recipe (tiny preset on a shipped dataset) and the run name
+it is trained into under the bench's out_dir, shared by the benchmarks that search it."""
+
+
+def trained_supernet(out_dir: Path, quick: bool, checkpoint: str | None = None,
+                     family: str = "mbv3") -> Path:
+    """A trained tiny supernet run: `checkpoint` if given, else one a previous bench trained
+    under `out_dir` (a full one serves --quick too), else trained now (--quick: 5 steps)."""
     from nasbench.runners import train
     from nasbench.runners.config import resolve
     from nasbench.runs import load_run
     from nasbench_core.errors import RunError
 
-    checkpoint = SearchSettings.of(opts).checkpoint
     if checkpoint is not None:
         return Path(checkpoint)
-    for name in ["search-supernet"] + (["search-supernet-quick"] if opts.quick else []):
-        path = Path(opts.out_dir) / name
+    recipe, full = RECIPES[family]
+    for name in [full] + ([f"{full}-quick"] if quick else []):
+        path = Path(out_dir) / name
         try:
             if load_run(path).status == "completed":
                 return path
         except RunError:
             pass
-    overrides = [f"run.root={opts.out_dir}", f"run.name={name}", "device=cpu"]
-    if opts.quick:
+    overrides = [f"run.root={out_dir}", f"run.name={name}", "device=cpu"]
+    if quick:
         overrides += ["train.epochs=1", "train.max_steps_per_epoch=5", "train.warmup_epochs=0"]
-    cfg = resolve(train.TrainConfig, Path(__file__).parents[2] / "examples/train_mbv3_digits.yaml",
+    cfg = resolve(train.TrainConfig, Path(__file__).parents[2] / "examples" / recipe,
                   cli_overrides=overrides)
     return train.run(cfg, resume=path if path.exists() else None).path
 
@@ -223,7 +231,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
 
     from nasbench_core.atomic import atomic_write_text
 
-    run_path = _supernet_run(opts)
+    run_path = trained_supernet(Path(opts.out_dir), opts.quick, s.checkpoint)
     out_dir = Path(opts.out_dir)
     space, objectives, max_macs, info, cache = _quality_objectives(run_path, 2, out_dir)
     dirs = {"top1": "max", "macs": "min"}

@@ -171,6 +171,9 @@ def _export(opened: Run, arch_id: str | None, picks: list[str], objective: str |
     from search.evaluations import objective_directions, read_table
 
     cfg = stored_config(opened, SearchConfig)
+    if cfg.benchmark is not None:
+        raise UserError(f"run {opened.path} searched the tabular benchmark {cfg.benchmark.name}: "
+                        "its archs have no weights to export")
     df, metadata = read_table(opened.path / "evaluations.parquet")
     row = choose_row(df, metadata, arch_id=arch_id, pick=picks, objective=objective,
                      constraints=cfg.constraints, objectives=cfg.objectives, pick_from=pick_from)
@@ -193,7 +196,8 @@ def _export(opened: Run, arch_id: str | None, picks: list[str], objective: str |
     echo(f"onnxruntime max abs diff: {checked.max_abs_diff:.3g}")
     top1 = None
     if "top1" in row.index:  # the shipped file, scored on the samples the table was scored on
-        top1 = onnx_top1(checked.onnx_path, val, lambda x: supernets.prepare_input(x, arch))
+        top1 = onnx_top1(checked.onnx_path, supernets.base.batches_for(val, arch),
+                         lambda x: supernets.prepare_input(x, arch))
         echo(f"exported ONNX top1 on the run's fixed subset: {top1:.4f} "
              f"(table: {float(row['top1']):.4f})")
     metrics = {k: float(row[k]) for k in metadata.get("directions", {}) if k in row.index}

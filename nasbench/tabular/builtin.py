@@ -54,6 +54,14 @@ class TabularBenchmark:
         """All archs' values of `names`, one row per arch: the exhaustive reference."""
         return self.table[names].to_numpy(dtype=float)
 
+    def curves(self) -> np.ndarray:
+        """Every arch's learning curve (`top1_curve`: val top-1 after each training epoch), one
+        row per arch; one line when the table has none."""
+        if "top1_curve" not in self.table.columns:
+            raise UserError("this tabular benchmark has no learning curves (`top1_curve`); add them "
+                            "with `python -m nasbench.tabular.generate --add-curves --out TABLE`")
+        return np.vstack(self.table["top1_curve"].to_numpy()).astype(float)
+
 
 def table_path() -> Path:
     return Path(str(resources.files("nasbench") / "data_files" / TABLE_FILE))

@@ -5,7 +5,9 @@ The run gets `evaluations.log.jsonl` (every evaluation appended and fsynced as i
 add the journal rows it lacks, so a killed search loses at most the evaluation in flight and
 resumes without re-measuring anything), `pareto.parquet` and `pareto.png`. The supernet comes
 from a train run (or a checkpoint); an untrained supernet (`supernet: {family, preset}`) is
-allowed to try the pipeline and labelled as such.
+allowed to try the pipeline and labelled as such. With `benchmark:` the search runs on a tabular
+benchmark instead (train-from-scratch evaluation, optional `early_stopping`):
+`nasbench.runners.search.tabular`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from nasbench.config.loader import RELATIVE
 from nasbench.config.sections import MAX_BUDGET
 from nasbench.data.fixed import FixedSubset
 from nasbench.errors import ConfigError, RunError
+from nasbench.runners.search.table_writer import TableWriter
+from nasbench.runners.search.tabular import BenchmarkSource, EarlyStoppingSection, check_benchmark_config
 from nasbench.runs import Run
 
 
@@ -80,7 +84,7 @@ class JointPruneSection(StrictModel):
     def _known(self) -> JointPruneSection:
         from search.joint import check_method
 
-        check_method(self.kind, self.method, self.sparsity)
+        check_method(self.kind, self.method, self.sparsity, self.options)
         return self
 
 
@@ -102,6 +106,21 @@ class SearchConfig(StrictModel):
     run: RunConfig = Field(default_factory=RunConfig)
     runner: Literal["local", "ray"] = "local"
     ray: RaySearchSection = Field(default_factory=RaySearchSection)
+    benchmark: BenchmarkSource | None = None
+    """Search a tabular benchmark instead of the supernet: train-from-scratch evaluation, each
+    arch's recorded training run (`nasbench.runners.search.tabular`)."""
+    early_stopping: EarlyStoppingSection | None = None
+    """Learning-curve early stopping of those runs (benchmark mode only); off by default."""
+
+    @model_validator(mode="after")
+    def _evaluation_mode(self) -> SearchConfig:
+        check_benchmark_config(self)
+        return self
+
+    @field_validator("latency")
+    @classmethod
+    def _latency(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_latency_settings(value)
 
     @field_validator("budget")
     @classmethod
@@ -116,6 +135,30 @@ class SearchConfig(StrictModel):
         return value.strip() if relative else number
 
 
+def check_latency_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """`latency:` of a search, how its latency objectives are timed: the settings of
+    `LatencySettings` but `device` (evaluation.device's, or a placement's), each typed and
+    bounded as `latency measure` takes it; returned with the values coerced."""
+    import dataclasses
+
+    import pydantic
+
+    from nasbench.runners.latency import MeasureSection
+    from search.latency import LatencySettings
+
+    known = [f.name for f in dataclasses.fields(LatencySettings) if f.name != "device"]
+    bad = [key for key in settings if key not in known]
+    if bad:
+        raise ValueError(f"unknown setting {str(bad[0])[:40]!r}; allowed: {', '.join(known)}")
+    try:
+        checked = MeasureSection.model_validate(settings)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0])
+        raise ValueError(f"{key}={settings.get(key)!r}: {first['msg']}") from None
+    return {key: getattr(checked, key) for key in settings}
+
+
 def load_supernet(cfg: SearchConfig, device: str):
     """(net, data bundle, description) for a search config's supernet and data: what search,
     export and the benchmarks all evaluate, so they see the same net on the same data."""
@@ -128,6 +171,7 @@ def load_supernet(cfg: SearchConfig, device: str):
 
     source = cfg.supernet
     data_cfg = cfg.data
+    mode = "tensor"  # how archs meet their resolution: as the supernet was trained
     if source.run is not None:
         path = source.run
         if (path / "manifest.json").exists():
@@ -136,6 +180,7 @@ def load_supernet(cfg: SearchConfig, device: str):
                 data_cfg = DataConfig.model_validate(train_run.manifest["config"]["data"])
             path = train_run.path / "checkpoints"
         net, meta = load_supernet(path, device=device)
+        mode = str(meta.get("hparams", {}).get("resolution_mode", "tensor"))
         info = {"trained": True, "checkpoint": str(path), "epoch": meta.get("epoch")}
     data_cfg = data_cfg or DataConfig()
     data = load_dataset(data_cfg, seed=cfg.run.seed)
@@ -151,6 +196,9 @@ def load_supernet(cfg: SearchConfig, device: str):
         largest = int(net.space.largest()["resolution"])
         data = load_dataset(data_cfg.model_copy(update={"resolution": largest}),
                             seed=cfg.run.seed)
+    if mode == "data" and "resolution" in net.space:  # archs measured on data loaded at their size
+        data = data.with_resolution_mode(mode)
+        info = {**info, "resolution_mode": mode}
     if cfg.prune is not None:  # joint architecture x sparsity: its archs are pruned subnets
         from search.joint import PrunedSubnets
 
@@ -162,8 +210,13 @@ def load_supernet(cfg: SearchConfig, device: str):
 
 
 def run(config: SearchConfig, *, resume: Path | None = None) -> Run:
-    """Search `config.supernet` for `config.budget` true evaluations; `resume` continues the
-    run in that directory without re-measuring what its table already holds."""
+    """Search `config.supernet` (or the tabular `config.benchmark`) for `config.budget` true
+    evaluations; `resume` continues the run in that directory without re-measuring what its
+    table already holds."""
+    if config.benchmark is not None:
+        from nasbench.runners.search import tabular
+
+        return tabular.run(config, resume)
     if config.runner == "local":
         return _run(config, resume)
     from nasbench.distributed.train import ray_session
@@ -180,7 +233,6 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
     from nasbench_core.seeding import seed_everything
     from search.evaluations import (
         EvaluationLog,
-        check_compatible,
         log_path,
         read_table,
         with_pareto,
@@ -208,8 +260,13 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
     warm = _warm_start_sources(config, net.space.fingerprint(), device, drawn.id, info, metric_names)
 
     grows = resume is not None and _check_growth(resume, config.budget)
+    def check_resume(run: Run) -> None:
+        _check_resumable(run, drawn, space_fingerprint=net.space.fingerprint(), device=device,
+                         metrics=metric_names)
+
     with start_run("search", config.model_dump(mode="json"), config.run.seed, root=config.run.root,
-                   name=config.run.name, resume=resume, reopen_completed=grows) as run:
+                   name=config.run.name, resume=resume, reopen_completed=grows,
+                   check_resume=check_resume) as run:
         subset = FixedSubset.for_run(run.path, data, bn_batches=config.evaluation.bn_batches,
                                      val_batches=config.evaluation.val_batches,
                                      seed=config.run.seed)
@@ -217,22 +274,12 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
         table_path = run.path / "evaluations.parquet"
         table = None
         if table_path.exists():  # with the journal rows its last compaction missed
-            table, meta = read_table(table_path)
-            check_compatible(meta, space_fingerprint=net.space.fingerprint(), device=device,
-                             metrics=[m.name for m in objectives + extra],
-                             calibration=subset.id)
+            table, _ = read_table(table_path)  # checked by check_resume
         table = _with_imported(table, warm, metric_names)
         done = own_rows(table)
         run.update_manifest(supernet=info, space_fingerprint=net.space.fingerprint())
 
-        shown = [done]
-
-        def persist(df) -> None:
-            write_table(table_path, df, evaluator.metadata())
-            count = evaluator.n_new + done
-            if count - shown[0] >= 10 or count == config.budget:
-                shown[0] = count
-                echo(f"evaluated {count}/{config.budget}")
+        persist = TableWriter(table_path, config.budget, done)
 
         journal = EvaluationLog(log_path(table_path))
         with journal, _backend(config, subset, keys, [m.name for m in objectives + extra]) as backend:
@@ -241,6 +288,7 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
                                          budget=max(0, config.budget - done), on_update=persist,
                                          log=journal, provenance=_provenance(subset, keys),
                                          backend=backend)
+            persist.evaluator = evaluator
             if not table_path.exists() or len(evaluator.df) > done:
                 # the metadata (and imported rows) are on disk before the journal's first row
                 write_table(table_path, evaluator.df, evaluator.metadata())
@@ -274,6 +322,22 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
                             pareto=len(front), feasible=int(feasible.sum()))
         echo(f"{len(df)} evaluations, {len(front)} on the Pareto front -> {run.path}")
         return run
+
+
+def _check_resumable(run: Run, drawn: FixedSubset, *, space_fingerprint: str, device: str,
+                     metrics: list[str]) -> None:
+    """What a resume reads, checked before the run is reopened: calibration.json holds the
+    samples this config draws, and evaluations.parquet (with its journal) is readable and
+    measures what this search would."""
+    from nasbench.data.fixed import FILE
+    from search.evaluations import check_compatible, read_table
+
+    if (run.path / FILE).exists():
+        drawn = FixedSubset.stored_as(run.path, drawn)
+    table = run.path / "evaluations.parquet"
+    if table.exists():
+        check_compatible(read_table(table)[1], space_fingerprint=space_fingerprint, device=device,
+                         metrics=metrics, calibration=drawn.id)
 
 
 def _objectives(config: SearchConfig, constraints, net, data, subset, predictors):
@@ -475,20 +539,14 @@ def _plot_axes(objectives) -> tuple[str, str]:
 def _device_keys(cfg: SearchConfig, columns: list[str]) -> dict[str, str]:
     """The latency device key (hardware, backend, batch, threads) of each latency column, read
     where it is measured: this machine, or a node of the Ray cluster with that label."""
-    import dataclasses
 
-    from search.latency import LatencySettings
     from search.placement import PLACEABLE, split
 
-    known = [f.name for f in dataclasses.fields(LatencySettings) if f.name != "device"]
-    bad = [k for k in cfg.latency if k not in known]
-    keys: dict[str, str] = {}
+    keys: dict[str, str] = {}  # `latency:` was checked with the config (check_latency_settings)
     for column in dict.fromkeys(columns):
         base, placement = split(column)
         if base not in PLACEABLE:
             continue
-        if bad:
-            raise ConfigError(f"latency: unknown setting {bad[0]!r}; allowed: {', '.join(known)}")
         device = cfg.evaluation.device if placement is None else placement.device
         settings = {**cfg.latency, "device": device}
         if placement is not None and placement.node is not None:
