@@ -38,6 +38,16 @@ def prepare_input(x: torch.Tensor, arch: Mapping[str, Any] | None) -> torch.Tens
     return F.interpolate(x, size=(res, res), mode="bilinear", align_corners=False)
 
 
+def batches_for(loader: Any, arch: Mapping[str, Any] | None) -> Any:
+    """`loader.at_resolution(r)` for an arch with a `resolution` when the loader can resample
+    its samples at another size (nasbench's data mode: antialiased, from the source images),
+    else `loader` itself, whose batches `prepare_input` then interpolates."""
+    at_resolution = getattr(loader, "at_resolution", None)
+    if not callable(at_resolution) or not arch or "resolution" not in arch:
+        return loader
+    return at_resolution(int(arch["resolution"]))
+
+
 def training_layout(x: torch.Tensor) -> torch.Tensor:
     """NHWC for training on CPU and CUDA: oneDNN's conv backward (depthwise above all) is
     several times faster in channels-last, and cuDNN's tensor-core kernels want it under

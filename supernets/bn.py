@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from supernets.base import Supernet, prepare_input
+from supernets.base import Supernet, batches_for, prepare_input
 
 
 def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int, *,
@@ -20,7 +20,9 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int, *,
     """Reset BN running stats and re-estimate them as the plain average over `num_batches`.
 
     Supernets run their active arch and resize inputs to its resolution; for other modules
-    pass `arch` to resize the same way. Gradients are off and train/eval mode is restored.
+    pass `arch` to resize the same way. A loader with `at_resolution` (data mode) is asked for
+    its samples at the arch's resolution instead (`batches_for`). Gradients are off and
+    train/eval mode is restored.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns or num_batches <= 0:
@@ -36,7 +38,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_batches: int, *,
     model.train()
     try:
         with torch.no_grad():
-            for i, batch in enumerate(loader):
+            for i, batch in enumerate(batches_for(loader, arch)):
                 if i >= num_batches:
                     break
                 x = batch[0] if isinstance(batch, (list, tuple)) else batch

@@ -46,6 +46,41 @@ def test_depthwise_kernel_transform_starts_as_centre_crop_then_learns():
     torch.testing.assert_close(conv.to_stock()(x), conv(x))
 
 
+@pytest.mark.parametrize(("channels", "stride", "bias"), [(960, 1, False), (700, 2, True)])
+def test_chunked_depthwise_training_is_bit_identical_to_one_conv(channels, stride, bias):
+    """Training past oneDNN's depthwise weight-gradient cliff runs the conv in channel chunks
+    (700 splits unevenly); outputs, all gradients and their channels-last layout are exactly
+    those of the single F.conv2d it replaces."""
+    from supernets.ops.conv import _chunks_for
+
+    conv = DynamicConv2d(channels, channels, [3, 5, 7], stride, depthwise=True, bias=bias)
+    with torch.no_grad():
+        if bias:
+            conv.bias.normal_()
+        for t in conv.kernel_transforms.values():
+            t.add_(torch.randn_like(t) * 0.1)
+    conv.set_active(channels - 4, kernel=7)
+    x = torch.randn(3, channels - 4, 5, 5).to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    assert _chunks_for(x, conv.active_weight()) == 2  # the chunked path runs
+    out = conv(x)
+    grad_out = torch.randn_like(out)
+    params = [x, conv.weight] + ([conv.bias] if bias else [])
+    got = torch.autograd.grad(out, params, grad_out)
+    expected_out = F.conv2d(x, conv.active_weight(), conv.active_bias(), stride, 3, 1,
+                            channels - 4)
+    expected = torch.autograd.grad(expected_out, params, grad_out)
+    assert torch.equal(out, expected_out)
+    for g, e in zip(got, expected, strict=True):
+        assert torch.equal(g, e)
+        assert g.stride() == e.stride()
+    conv.set_active(channels - 4, kernel=5)  # 25 * C floats: under the cliff
+    assert _chunks_for(x, conv.active_weight()) == 1
+    with torch.no_grad():  # inference never chunks
+        conv.set_active(channels - 4, kernel=7)
+        assert _chunks_for(x, conv.active_weight()) == 1
+
+
 def test_transformed_kernel_cache_follows_in_place_updates():
     conv = DynamicConv2d(4, 4, [3, 5], depthwise=True)
     conv.set_active(4, kernel=3)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -30,6 +31,28 @@ class DataBundle:
     plain_train_dataset: Dataset | None = None
     """The train images without augmentation (None: `train_dataset` has none): what BN
     recalibration sees, so a recalibrated subnet is the same in every process."""
+    resolution_mode: str = "tensor"
+    """`data`: an arch at another resolution is measured on these samples loaded at that size
+    (`at`, resampled from the source images); `tensor`: on these, interpolated."""
+    rebuild: Callable[[int], DataBundle] | None = field(default=None, repr=False, compare=False)
+    """The same data (split, order, labels) loaded at another resolution."""
+    _sizes: dict[int, DataBundle] = field(default_factory=dict, repr=False, compare=False)
+
+    def at(self, resolution: int) -> DataBundle:
+        """This data loaded at `resolution` (cached): every image resized from its source with
+        antialiasing (in-memory sets) or cropped and resized from the file at that size (disk
+        sets), never from this bundle's already-resized tensors."""
+        if resolution == self.resolution:
+            return self
+        if self.rebuild is None:
+            raise DataError(f"dataset {self.name!r} cannot be loaded at resolution {resolution}")
+        if resolution not in self._sizes:
+            self._sizes[resolution] = replace(self.rebuild(resolution),
+                                              resolution_mode=self.resolution_mode)
+        return self._sizes[resolution]
+
+    def with_resolution_mode(self, mode: str) -> DataBundle:
+        return replace(self, resolution_mode=mode, _sizes={})
 
     @property
     def calibration_dataset(self) -> Dataset:
@@ -69,8 +92,7 @@ def _adapt_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return gray if channels == 1 else gray.expand(-1, channels, -1, -1).contiguous()
 
 
-def _in_memory(name: str, cfg: Any) -> DataBundle:
-    src = sources.IN_MEMORY[name](cfg.seed)
+def _in_memory(name: str, cfg: Any, src: sources.InMemorySource) -> DataBundle:
     images, labels = src.images, src.labels
     resolution = cfg.resolution or images.shape[-1]
     channels = cfg.channels or images.shape[1]
@@ -167,12 +189,23 @@ def load_dataset(cfg: Any = None, /, *, seed: int = 0, **kwargs: Any) -> DataBun
             cfg = DataConfig.model_validate(kwargs)
         except ValidationError as exc:
             raise DataError(describe_validation_error(exc, DataConfig, "dataset options")) from None
+    return _load(cfg, seed, {})
+
+
+def _load(cfg: Any, seed: int, memo: dict[str, Any]) -> DataBundle:
+    """The bundle of `cfg`; its `rebuild` loads it at another resolution, reusing an in-memory
+    source (`memo`) rather than reading it again."""
     spec = _Spec(cfg, seed)
     if cfg.name in sources.IN_MEMORY:
-        return _in_memory(cfg.name, spec)
-    if cfg.name in sources.TORCHVISION or cfg.name == "imagefolder":
-        return _from_disk(cfg.name, spec)
-    raise DataError(f"unknown dataset {cfg.name!r}; known: {', '.join(sources.list_datasets())}")
+        if "source" not in memo:
+            memo["source"] = sources.IN_MEMORY[cfg.name](seed)
+        bundle = _in_memory(cfg.name, spec, memo["source"])
+    elif cfg.name in sources.TORCHVISION or cfg.name == "imagefolder":
+        bundle = _from_disk(cfg.name, spec)
+    else:
+        raise DataError(f"unknown dataset {cfg.name!r}; known: {', '.join(sources.list_datasets())}")
+    bundle.rebuild = lambda r: _load(cfg.model_copy(update={"resolution": r}), seed, memo)
+    return bundle
 
 
 class _Spec:

@@ -6,13 +6,15 @@ before it (the same arch spread by 1.4-2.2 points, a resume changed 8 of 10 new 
 `export` disagreed with the table). OFA recalibrates on one fixed subset; so do we: the subset
 is drawn once, stored in the run as indices, and every measurement — in any process, after a
 resume, and in `export` — uses exactly these samples, batched the same way, unaugmented.
+With `train.resolution_mode: data` the batches also answer `at_resolution(r)`: these samples
+loaded at r from their source (`DataBundle.at`), which is what an arch at r is measured on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,15 +61,28 @@ class FixedSubset:
 
     def calib_batches(self, bundle: DataBundle) -> list[Batch]:
         """Stacked once, in memory: every arch's recalibration reuses them."""
-        return _stacked(bundle.calibration_dataset, self.calib, self.batch_size)
+        batches = _stacked(bundle.calibration_dataset, self.calib, self.batch_size)
+        return self._resolving(batches, bundle, self.calib_batches)  # type: ignore[return-value]
 
     def val_batches(self, bundle: DataBundle) -> Iterable[Batch]:
         """Stacked in memory when they fit `IN_MEMORY_BYTES`, else a loader that reads them in
         the same order on every pass (ImageNet's val set does not fit)."""
         dataset = bundle.val_dataset
         if not self.val or len(self.val) * _sample_bytes(dataset) <= IN_MEMORY_BYTES:
-            return _stacked(dataset, self.val, self.batch_size)
-        return bundle.loader(Subset(dataset, list(self.val)), shuffle=False)
+            batches: Iterable[Batch] = _stacked(dataset, self.val, self.batch_size)
+        else:
+            batches = bundle.loader(Subset(dataset, list(self.val)), shuffle=False)
+        return self._resolving(batches, bundle, self.val_batches)
+
+    @staticmethod
+    def _resolving(batches: Iterable[Batch], bundle: DataBundle,
+                   again: Callable[[DataBundle], Iterable[Batch]]) -> Iterable[Batch]:
+        """In data mode, `batches` that also give the same samples loaded at another size."""
+        if bundle.resolution_mode != "data":
+            return batches
+        from nasbench.data.resample import resolving
+
+        return resolving(batches, lambda r: again(bundle.at(r)))
 
     def loaders(self, bundle: DataBundle) -> tuple[list[Batch], Iterable[Batch]]:
         """(calibration batches, validation batches) of `bundle`, after checking the subset's
@@ -109,6 +124,13 @@ class FixedSubset:
         if not path.exists():
             atomic_write_text(path, json.dumps(subset.to_dict()))
             return subset
+        return cls.stored_as(run_dir, subset)
+
+    @classmethod
+    def stored_as(cls, run_dir: Path, subset: FixedSubset) -> FixedSubset:
+        """The run's stored subset, refused in one line unless it is `subset` (what this
+        config and data draw): a resume measures accuracy on the samples the run did."""
+        path = Path(run_dir) / FILE
         stored = cls.read(run_dir)
         if stored != subset:
             raise RunError(

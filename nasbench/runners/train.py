@@ -173,6 +173,14 @@ class TrainConfig(StrictModel):
                               "worker's distributed sampler excludes; set train.pada.data: false")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"key 'device': expected auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if hparams.resolution_mode == "data" and self.runner == "ray":
+            raise ConfigError("train.resolution_mode: data is not available with runner: ray "
+                              "(its workers build plain loaders); set train.resolution_mode: "
+                              "tensor or use runner: local")
+        if hparams.resolution_mode == "data" and hparams.pada is not None and hparams.pada["data"]:
+            raise ConfigError("train.pada.data draws examples with its own sampler, which the "
+                              "train.resolution_mode: data loader replaces; set one of them off "
+                              "(train.pada.data: false or train.resolution_mode: tensor)")
         if self.runner == "ray" and hparams.checkpoint_every is not None:
             raise ConfigError("train.checkpoint_every is not available with runner: ray (Ray "
                               "Train checkpoints at epoch ends); remove it or use runner: local")
@@ -214,7 +222,9 @@ def run(config: TrainConfig, *, resume: Path | None = None, on_metrics: MetricsC
             recal_batches=hparams.bn_recal_batches)
 
     with start_run("train", cfg.model_dump(mode="json"), seed, root=cfg.run.root,
-                   name=cfg.run.name, resume=resume) as run:
+                   name=cfg.run.name, resume=resume,
+                   check_resume=lambda run: _check_resumable(run, net, cfg.runner, hparams,
+                                                             bundle)) as run:
         run.update_manifest(
             supernet=net.build_config(), space_fingerprint=net.space.fingerprint(),
             space_cardinality=net.space.cardinality, hparams=hparams.to_dict(),
@@ -258,29 +268,41 @@ def train_settings(train: dict[str, Any]):
 def _train_local(net, bundle, hparams, device, checkpoint_dir, resume, log, teacher=None) -> list[dict]:
     from supernets.train import train_supernet
 
-    steps = len(bundle.train_dataset) // bundle.batch_size + bool(
-        len(bundle.train_dataset) % bundle.batch_size
-    )
-    if hparams.max_steps_per_epoch is not None:
-        steps = min(steps, hparams.max_steps_per_epoch)
+    steps = _local_steps_per_epoch(bundle, hparams)
     if resume is not None:
         _announce_epochs_change(checkpoint_dir, hparams, steps)
+    train_loader, val_loader, recal_loader = _loaders(net, bundle, hparams)
     result = train_supernet(
         net,
-        _TrackedLoader(bundle.train_loader, steps),
-        bundle.val_loader,
+        _TrackedLoader(train_loader, steps),
+        val_loader,
         hparams,
         device=device,
         checkpoint_dir=checkpoint_dir,
         resume=resume is not None,
         on_metrics=log,
         arch_sampler_seed=bundle.seed,
-        # A fixed, unshuffled, unaugmented slice of the training set: the same BN statistics
-        # every epoch.
-        recal_loader=bundle.loader(bundle.calibration_dataset, shuffle=False),
+        recal_loader=recal_loader,
         teacher=teacher,
     )
     return result.history
+
+
+def _loaders(net, bundle, hparams) -> tuple[Any, Any, Any]:
+    """(train, val, BN recalibration) loaders. Recalibration reads a fixed, unshuffled,
+    unaugmented slice of the training set: the same BN statistics every epoch. In data mode
+    (and a space with a resolution) each is loaded at the sizes the archs need (`resample`)."""
+    from supernets.training.resolution import resolution_choices
+
+    choices = resolution_choices(net.space)
+    if hparams.resolution_mode != "data" or not choices:
+        return (bundle.train_loader, bundle.val_loader,
+                bundle.loader(bundle.calibration_dataset, shuffle=False))
+    from nasbench.data.resample import ResolutionLoader, StepResolutionLoader
+
+    bundle = bundle.with_resolution_mode("data")
+    return (StepResolutionLoader(bundle, choices), ResolutionLoader(bundle, lambda b: b.val_dataset),
+            ResolutionLoader(bundle, lambda b: b.calibration_dataset))
 
 
 def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log, teacher=None
@@ -312,6 +334,30 @@ def _train_ray(cfg: TrainConfig, run_path: Path, net, data_cfg, hparams, log, te
         teacher=teacher,
     )
     return outcome.history
+
+
+def _local_steps_per_epoch(bundle, hparams) -> int:
+    steps = len(bundle.train_dataset) // bundle.batch_size + bool(
+        len(bundle.train_dataset) % bundle.batch_size)
+    return steps if hparams.max_steps_per_epoch is None else min(steps, hparams.max_steps_per_epoch)
+
+
+def _check_resumable(run: Run, net, runner: str, hparams, bundle) -> None:
+    """What a resume reads, checked before the run is reopened: the newest checkpoint (see
+    `verify_checkpoint`), its settings against this config's (local runs; Ray workers check
+    their own steps), and, on Ray, metrics.csv (appended to; a local resume rewrites it from
+    the checkpoint instead)."""
+    from supernets.checkpoint import latest_checkpoint, read_checkpoint_meta, verify_checkpoint
+    from supernets.training.loop import check_resumable
+
+    stem = latest_checkpoint(run.path / "checkpoints")
+    if stem is not None:
+        verify_checkpoint(stem, net)
+        if runner != "ray":
+            check_resumable(stem, read_checkpoint_meta(stem), hparams, bundle.seed,
+                            _local_steps_per_epoch(bundle, hparams))
+    if runner == "ray":
+        _ = run.metrics  # read for its one-line error
 
 
 def _checkpointed_rows(checkpoint_dir: Path) -> list[dict[str, Any]]:

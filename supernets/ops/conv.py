@@ -12,6 +12,43 @@ from torch import nn
 from supernets.ops.factory import like
 from supernets.ops.versions import weights_stamp
 
+# oneDNN's CPU float32 depthwise weight-gradient kernel in channels-last falls off a cliff once
+# k*k*channels passes ~32k floats (measured, 1 thread, batch 16, conv forward + backward:
+# 960 channels 4x4 k7 35.7 ms, its two 480-channel halves 11.5 ms; 672 channels 8x8 k7 32 ms
+# vs 19.7 ms; 576-channel k7 and 960-channel k5 are not hit). A depthwise conv's channels are
+# independent, so training runs such a conv in channel chunks below the cliff: the outputs and
+# gradients are bit-identical (tests/test_supernets_ops.py), only faster.
+_DW_CLIFF_FLOATS = 32768
+_DW_CHUNK_FLOATS = 24576
+
+
+def _chunks_for(x: torch.Tensor, w: torch.Tensor) -> int:
+    """How many channel chunks a depthwise conv of `w` over `x` runs in (1: all at once)."""
+    size = w.shape[0] * w.shape[-2] * w.shape[-1]
+    if (size <= _DW_CLIFF_FLOATS or x.device.type != "cpu" or x.dtype != torch.float32
+            or not torch.is_grad_enabled() or x.dim() != 4
+            or not x.is_contiguous(memory_format=torch.channels_last)):
+        return 1
+    return -(-size // _DW_CHUNK_FLOATS)
+
+
+def depthwise_conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int,
+                     padding: int) -> torch.Tensor:
+    """`F.conv2d(x, w, b, stride, padding, groups=channels)`, in channel chunks where a
+    single call would hit oneDNN's depthwise weight-gradient cliff (see `_DW_CLIFF_FLOATS`)."""
+    channels, n = w.shape[0], _chunks_for(x, w)
+    if n == 1:
+        return F.conv2d(x, w, b, stride, padding, 1, channels)
+    step = -(-channels // n)
+    # split, not indexing: split's backward concatenates the chunks' input gradients, which
+    # keeps them channels-last (an index's backward would scatter into a contiguous zeros)
+    xs, ws = x.split(step, 1), w.split(step)
+    biases = [None] * len(ws) if b is None else b.split(step)
+    return torch.cat([
+        F.conv2d(xc, wc, bc, stride, padding, 1, wc.shape[0])
+        for xc, wc, bc in zip(xs, ws, biases, strict=True)
+    ], dim=1)
+
 
 class DynamicConv2d(nn.Module):
     """A conv whose active out/in channels and kernel size are set per arch.
@@ -110,10 +147,11 @@ class DynamicConv2d(nn.Module):
         return self.active_kernel // 2 if self.padding is None else self.padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(
-            x, self.active_weight(), self.active_bias(), self.stride,
-            self.active_padding, 1, self.active_out if self.depthwise else 1,
-        )
+        if self.depthwise:
+            return depthwise_conv2d(x, self.active_weight(), self.active_bias(), self.stride,
+                                    self.active_padding)
+        return F.conv2d(x, self.active_weight(), self.active_bias(), self.stride,
+                        self.active_padding)
 
     def to_stock(self) -> nn.Conv2d:
         k = self.active_kernel

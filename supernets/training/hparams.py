@@ -23,6 +23,7 @@ SAMPLINGS = ("sandwich", "uniform", "attentive", "progressive", "pada")
 LR_SCHEDULES = ("cosine", "exp")
 REGULARIZE = ("all", "largest")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESOLUTION_MODES = ("data", "tensor")
 FLOOR_AT = 0.75
 """With `lr_schedule="exp"` and no `lr_decay`, the lr reaches its floor after this fraction of the
 post-warmup epochs and stays there (the constant ending)."""
@@ -71,6 +72,10 @@ class TrainHParams:
     keep_checkpoints: int = 2  # newest checkpoints kept (epoch and mid-epoch ones alike)
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch)
     sync_bn: bool = False  # under DDP with >1 process: BN statistics over the global batch
+    # data: the loader resamples each batch from the source images at the sizes the step
+    # trains (one per step for the children, OFA-style; see supernets.training.resolution);
+    # tensor: one batch at the largest resolution, interpolated down inside the step.
+    resolution_mode: str = "tensor"
     recipe: str = "default"  # named preset of these fields (supernets.training.recipes)
     # The sampling recipes' option sections (schemas in supernets.training.recipe_options),
     # stored as plain dicts with every key; filled with defaults when `sampling` needs them.
@@ -111,6 +116,8 @@ class TrainHParams:
         _check(self.regularize in REGULARIZE, "regularize", self.regularize,
                f"one of {REGULARIZE}")
         _check(self.precision in PRECISIONS, "precision", self.precision, f"one of {PRECISIONS}")
+        _check(self.resolution_mode in RESOLUTION_MODES, "resolution_mode", self.resolution_mode,
+               f"one of {RESOLUTION_MODES}")
         _check(self.sampling in SAMPLINGS, "sampling", self.sampling, f"one of {SAMPLINGS}")
         _check(self.num_random >= 0, "num_random", self.num_random, "an integer >= 0")
         for key in recipe_options.SECTIONS:

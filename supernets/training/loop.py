@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasbench_core.errors import CheckpointError, UserError
-from supernets.base import prepare_input
+from supernets.base import batches_for, prepare_input
 from supernets.checkpoint import (
     epoch_stem,
     latest_checkpoint,
@@ -42,6 +42,12 @@ from supernets.training.optim import build_optimizer, build_scheduler, lr_factor
 from supernets.training.planners import StepPlanner, build_planner
 from supernets.training.position import batches_from
 from supernets.training.regularize import MemberRegularization, zero_init_residual_
+from supernets.training.resolution import (
+    member_input,
+    resolution_choices,
+    step_resolution,
+    with_step_resolution,
+)
 from supernets.training.rng import capture_rng, loader_generators, restore_rng
 from supernets.training.sampling import Member, step_plan
 from supernets.training.sync_bn import synced_batchnorm
@@ -125,7 +131,7 @@ def train_supernet(
     partial: EpochProgress | None = None
     if stem is not None:
         meta = load_checkpoint(stem, net, optimizer, scheduler)
-        _check_resumable(stem, meta, cfg, arch_sampler_seed, steps_per_epoch)
+        check_resumable(stem, meta, cfg, arch_sampler_seed, steps_per_epoch)
         if scaler.is_enabled() and meta.get("grad_scaler"):
             scaler.load_state_dict(meta["grad_scaler"])
         if meta.get("in_epoch"):  # mid-epoch: re-draw the epoch's order, the rest follows
@@ -297,7 +303,9 @@ def evaluate_arch(
     """Top-1 accuracy of `arch` (BN recalibrated on `recal_loader` first, when given).
 
     `net` is a supernet (set to `arch` first) or the subnet extracted at `arch`: both see the
-    input resized the same way, so an exported subnet can be checked against the table.
+    input resized the same way, so an exported subnet can be checked against the table. A
+    loader with `at_resolution` (data mode) gives its samples resampled at the arch's
+    resolution; any other is interpolated to it (`prepare_input`).
     """
     from supernets import recalibrate_bn
     from supernets.base import Supernet
@@ -311,7 +319,7 @@ def evaluate_arch(
     net.eval()
     correct = total = 0
     with torch.inference_mode():
-        for x, y in islice(loader, max_batches):
+        for x, y in islice(batches_for(loader, arch), max_batches):
             x, y = x.to(device), y.to(device)
             pred = net(prepare_input(x, arch)).argmax(dim=-1)
             correct += int((pred == y).sum())
@@ -352,9 +360,9 @@ def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, members: list
     cfg = ctx.cfg
     ctx.optimizer.zero_grad(set_to_none=True)
     target: torch.Tensor | None = None
-    if ctx.teacher is not None:
+    if ctx.teacher is not None:  # at the largest resolution of a data-mode batch
         with torch.no_grad(), _autocast(ctx):
-            target = ctx.teacher(x).float()
+            target = ctx.teacher(member_input(x, {})).float()
     losses: dict[str, list[torch.Tensor]] = {}
     no_sync = getattr(ctx.model, "no_sync", None)  # DDP: accumulate locally, reduce once
     for i, member in enumerate(members):
@@ -364,7 +372,7 @@ def train_step(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, members: list
         quiet = no_sync() if no_sync is not None and i < len(members) - 1 else nullcontext()
         with quiet:
             with _autocast(ctx):
-                logits = ctx.model(prepare_input(x, member.arch))
+                logits = ctx.model(prepare_input(member_input(x, member.arch), member.arch))
             logits = logits.float()
             if member.role == "largest" or (member.role == "uniform" and ctx.teacher is None):
                 loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -420,6 +428,10 @@ def _train_epoch(
         ctx.planner.begin_epoch(epoch, seed)
         if p.resume_planner is not None:
             ctx.planner.load_state_dict(p.resume_planner)
+    begin_epoch = getattr(loader, "begin_epoch", None)
+    if callable(begin_epoch):  # a data-mode loader: each step's sizes from (seed, epoch, step)
+        begin_epoch(epoch, seed)
+    choices = resolution_choices(ctx.net.space) if cfg.resolution_mode == "data" else []
     if p.resume_rng is not None:
         resume_rng = p.resume_rng
         batches = batches_from(loader, p.steps, lambda: restore_rng(resume_rng))
@@ -428,12 +440,15 @@ def _train_epoch(
     lr = p.lr if p.lr is not None else ctx.optimizer.param_groups[0]["lr"]
     start = time.perf_counter() - p.elapsed
     for x, y in islice(batches, steps_per_epoch - p.steps):
-        x = x.to(ctx.device, non_blocking=True)
+        x = _to_device(x, ctx.device)
         y = y.to(ctx.device, non_blocking=True)
         step = first_step + p.steps
         members = (step_plan(ctx.net.space, cfg.sampling, cfg.num_random, seed, step)
                    if ctx.planner is None
-                   else ctx.planner.plan(ctx, x, y, seed, step, epoch))
+                   else ctx.planner.plan(ctx, member_input(x, {}), y, seed, step, epoch))
+        if choices:
+            members = with_step_resolution(members, choices,
+                                           step_resolution(choices, seed, epoch, p.steps))
         lr = ctx.optimizer.param_groups[0]["lr"]
         for role, values in train_step(ctx, x, y, members).items():
             p.sums[role] = p.sums.get(role, 0.0) + torch.stack(values).sum()
@@ -464,6 +479,13 @@ def _train_epoch(
     row["images_per_s"] = images / elapsed if elapsed > 0 else float("nan")
     row["epoch_time_s"] = elapsed
     return row
+
+
+def _to_device(x: Any, device: torch.device) -> Any:
+    """A batch tensor, or a data-mode batch ({size: tensor}), on `device`."""
+    if isinstance(x, Mapping):
+        return {r: t.to(device, non_blocking=True) for r, t in x.items()}
+    return x.to(device, non_blocking=True)
 
 
 def _validate(net, val_loader, recal_loader, cfg: TrainHParams, device) -> dict[str, float]:
@@ -515,7 +537,9 @@ def epochs_change(meta: Mapping[str, Any], cfg: TrainHParams, steps_per_epoch: i
             f"{done}; the lr multiplier at the resume point goes from {before:.3g} to {after:.3g}")
 
 
-def _check_resumable(stem: Path, meta: dict, cfg: TrainHParams, seed: int, steps: int) -> None:
+def check_resumable(stem: Path, meta: dict, cfg: TrainHParams, seed: int, steps: int) -> None:
+    """Refuse, in one line, a resume whose settings differ from the checkpoint's (bar more
+    epochs and bookkeeping): the runner calls it before reopening its run, the loop again."""
     # Keys a checkpoint lacks were added later: it trained with their defaults.
     saved = {**TrainHParams().to_dict(), **meta.get("hparams", {})}
     changed = sorted(k for k, v in cfg.to_dict().items()
