@@ -35,8 +35,9 @@ from torch import nn
 
 from pruners.errors import PruneError
 from pruners.layer_dp import calibration_inputs, solve_dp
+from pruners.round_to import closest_total, min_by_total, snap
 from pruners.shrink_costs import CostModel, cost_model
-from pruners.structured import ChannelGroup, DPShrinkOptions, least_important, register_shrinker
+from pruners.structured import ChannelGroup, DPShrinkOptions, least_important, register_shrinker, rounded
 
 PRICE_ROUNDS = 8  # re-linearisations of a params/MACs budget
 BUDGET_UNITS = 8192  # DP resolution of a params/MACs budget (settle makes the result exact)
@@ -119,8 +120,9 @@ def _check(model: nn.Module, groups: Sequence[ChannelGroup], amount: float, o: D
     costs = cost_model(model, groups, o.budget, example_input)
     target, most = budget_target(costs, amount), costs.removed(caps)
     if target > most:
+        rounding = f" and multiples of round_to={o.round_to}" if rounded(o) else ""
         raise PruneError(f"cannot remove {target:,} of {costs.prunable:,} prunable {o.budget} keeping "
-                         f"min_keep={o.min_keep} channels per group (at most {most:,})")
+                         f"min_keep={o.min_keep} channels per group{rounding} (at most {most:,})")
 
 
 def _interp(curves: np.ndarray, counts: np.ndarray) -> list[Callable[[int], float]]:
@@ -132,35 +134,79 @@ def _interp(curves: np.ndarray, counts: np.ndarray) -> list[Callable[[int], floa
     return out
 
 
-def settle(x: Sequence[int], costs: CostModel, target: int, caps: Sequence[int],
+def settle(x: Sequence[int], costs: CostModel, target: int, grids: Sequence[np.ndarray],
            dist: Sequence[Callable[[int], float]], fixed: int | None = None) -> list[int]:
-    """The allocation made exact: add channels (least distortion per unit removed) while it
-    removes less than `target`, then return channels (largest distortion saved) while it
-    still removes at least `target`; group `fixed` keeps its count."""
+    """The allocation made exact: move a group one step up its grid (least distortion per unit
+    removed) while it removes less than `target`, then one step down (largest distortion
+    saved) while it still removes at least `target`; group `fixed` keeps its count. `x` is on
+    the grids (`pruners.round_to.removal_grid`; without round_to every count up to the cap)."""
     x = np.asarray(x, np.int64).copy()
-    eye = np.eye(len(x), dtype=np.int64)
+    pos = [int(np.searchsorted(grid, c)) for grid, c in zip(grids, x, strict=True)]
     free = [g for g in range(len(x)) if g != fixed]
-    while costs.removed(x) < target:
-        gain = costs.marginal(x)
-        rate = {g: (dist[g](x[g] + 1) - dist[g](x[g])) / gain[g] for g in free
-                if x[g] < caps[g] and gain[g] > 0}
+
+    def moved(g: int, step: int) -> np.ndarray:
+        y = x.copy()
+        y[g] = grids[g][pos[g] + step]
+        return y
+
+    while (base := costs.removed(x)) < target:
+        rate = {}
+        for g in free:
+            if pos[g] + 1 < len(grids[g]):
+                y = moved(g, 1)
+                gain = costs.removed(y) - base
+                if gain > 0:
+                    rate[g] = (dist[g](int(y[g])) - dist[g](int(x[g]))) / gain
         if not rate:
             return []  # with g fixed the others cannot reach the target
-        x[min(rate, key=rate.__getitem__)] += 1
+        g = min(rate, key=rate.__getitem__)
+        x, pos[g] = moved(g, 1), pos[g] + 1
     while True:
-        ok = [g for g in free if x[g] > 0 and costs.removed(x - eye[g]) >= target]
+        ok = [g for g in free if pos[g] > 0 and costs.removed(moved(g, -1)) >= target]
         if not ok:
             return [int(c) for c in x]
-        x[max(ok, key=lambda g: dist[g](x[g]) - dist[g](x[g] - 1))] -= 1
+        g = max(ok, key=lambda g: dist[g](int(x[g])) - dist[g](int(grids[g][pos[g] - 1])))
+        x, pos[g] = moved(g, -1), pos[g] - 1
+
+
+def grid_values(dist: Sequence[Callable[[int], float]], grids: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """D_g at every count of its grid."""
+    return [np.asarray([d(int(c)) for c in grid]) for d, grid in zip(dist, grids, strict=True)]
+
+
+def rounded_channel_allocation(curves: np.ndarray, counts: np.ndarray, grids: Sequence[np.ndarray],
+                               target: int) -> list[int]:
+    """budget=channels with round_to: the least Σ D_g over every choice of one grid count per
+    group (D interpolated between the measured counts) whose total is the grid's closest to
+    `target` (ties: the smaller). Exact: a DP over the total removed."""
+    f, pick = min_by_total(grids, grid_values(_interp(curves, counts), grids))
+    return [int(grid[i]) for grid, i in zip(grids, pick(closest_total(f, target)), strict=True)]
+
+
+def _grid_budget_solve(values: Sequence[np.ndarray], grids: Sequence[np.ndarray], prices: np.ndarray,
+                       target: int) -> list[int]:
+    """The least Σ D_g over the grids with the linearised Σ prices_g·x_g >= target, each
+    option's price floored to units of 1/BUDGET_UNITS of the most the grids remove (so the
+    constraint never over-counts); the largest reachable total if none meets it."""
+    unit = max(1.0, float(sum(p * grid[-1] for p, grid in zip(prices, grids, strict=True))) / BUDGET_UNITS)
+    units = [np.floor(p * grid / unit).astype(np.int64) for p, grid in zip(prices, grids, strict=True)]
+    f, pick = min_by_total(units, values)
+    need = min(math.ceil(target / unit), len(f) - 1)
+    ok = np.flatnonzero(np.isfinite(f[need:]))
+    t = need + int(ok[np.argmin(f[need:][ok])]) if len(ok) else int(np.flatnonzero(np.isfinite(f))[-1])
+    return [int(grid[i]) for grid, i in zip(grids, pick(t), strict=True)]
 
 
 def budget_allocation(curves: np.ndarray, counts: np.ndarray, amounts: np.ndarray, costs: CostModel,
-                      target: int, caps: Sequence[int]) -> list[int]:
+                      target: int, caps: Sequence[int], grids: Sequence[np.ndarray] | None = None) -> list[int]:
     """The params/MACs-budget allocation: DP on linearised prices, re-linearised at its own
     solution, each solution settled to the exact target; then one coordinate pass (each group
-    at each measured count, the others settled around it). The least Σ D_g wins."""
+    at each measured count, the others settled around it). The least Σ D_g wins. `grids`
+    (round_to): the DP and every step choose among each group's grid counts only."""
     sizes = [int(c) for c in costs.channels]
     dist = _interp(curves, counts)
+    steps = [np.arange(c + 1) for c in caps] if grids is None else list(grids)
+    values = None if grids is None else grid_values(dist, steps)
 
     def score(alloc: list[int]) -> float:
         return sum(d(c) for d, c in zip(dist, alloc, strict=True)) if alloc else np.inf
@@ -169,10 +215,13 @@ def budget_allocation(curves: np.ndarray, counts: np.ndarray, amounts: np.ndarra
     best: list[int] = []
     seen: set[tuple[int, ...]] = set()
     for _ in range(PRICE_ROUNDS):
-        prices = np.rint(2 * costs.prices(x)).astype(np.int64)  # 2x: the shares are half-integers
-        sol = solve_dp(curves, sizes, amounts, 2 * target, budget_units=BUDGET_UNITS, caps=caps,
-                       prices=np.maximum(prices, 1))
-        settled = settle(sol.counts, costs, target, caps, dist)
+        if values is None:
+            prices = np.rint(2 * costs.prices(x)).astype(np.int64)  # 2x: the shares are half-integers
+            sol = solve_dp(curves, sizes, amounts, 2 * target, budget_units=BUDGET_UNITS, caps=caps,
+                           prices=np.maximum(prices, 1)).counts
+        else:
+            sol = _grid_budget_solve(values, steps, np.maximum(costs.prices(x), 0.0), target)
+        settled = settle(sol, costs, target, steps, dist)
         best = min(best, settled, key=score) if best else settled
         if tuple(settled) in seen:
             break
@@ -182,16 +231,16 @@ def budget_allocation(curves: np.ndarray, counts: np.ndarray, amounts: np.ndarra
         for v in sorted({int(c) for c in counts[g]} - {best[g]}):
             start = list(best)
             start[g] = v
-            around = settle(start, costs, target, caps, dist, fixed=g)
+            around = settle(start, costs, target, steps, dist, fixed=g)
             if around:  # its spare channels in g go back too
-                best = min(best, settle(around, costs, target, caps, dist), key=score)
+                best = min(best, settle(around, costs, target, steps, dist), key=score)
     return best
 
 
 @register_shrinker("layer_dp", options=DPShrinkOptions, needs=("data",), check=_check)
 def _layer_dp(model: nn.Module, groups: Sequence[ChannelGroup], n_remove: int, o: DPShrinkOptions, *,
-              caps: list[int], example_input: torch.Tensor, amount: float, data: Any = None,
-              **_: Any) -> list[int]:
+              caps: list[int], grids: list[np.ndarray], example_input: torch.Tensor, amount: float,
+              data: Any = None, **_: Any) -> list[int]:
     costs = None if o.budget == "channels" else cost_model(model, groups, o.budget, example_input)
     target = n_remove if costs is None else budget_target(costs, amount)
     if not groups or target == 0:
@@ -199,9 +248,14 @@ def _layer_dp(model: nn.Module, groups: Sequence[ChannelGroup], n_remove: int, o
     inputs = calibration_inputs(data, example_input, o.num_samples, o.seed)
     amounts = np.linspace(0.0, 1.0, o.num_amounts)
     sizes = [g.channels for g in groups]
-    counts = np.minimum(np.rint(np.outer(sizes, amounts)).astype(np.int64), np.asarray(caps)[:, None])
+    ideal = np.rint(np.outer(sizes, amounts))  # measured at the grid count nearest each amount
+    counts = np.asarray([[snap(grid, c) for c in row] for grid, row in zip(grids, ideal, strict=True)],
+                        np.int64).reshape(ideal.shape)
     curves = group_distortion_curves(model, groups, inputs, counts, o.batch_size)
     if costs is not None:
-        return budget_allocation(curves, counts, amounts, costs, target, caps)
+        return budget_allocation(curves, counts, amounts, costs, target, caps,
+                                 grids if rounded(o) else None)
+    if rounded(o):
+        return rounded_channel_allocation(curves, counts, grids, n_remove)
     sol = solve_dp(curves, sizes, amounts, n_remove, budget_units=sum(sizes), caps=caps)
     return sol.counts

@@ -23,6 +23,15 @@ them; within a group the least important go first (ties: lower channel index fir
 group keeps at least `min_keep` channels (a count, or a fraction of the group, rounded up).
 Groups that feed the model's output stay whole (the classes do not change), as do groups
 touching a grouped (non-depthwise) convolution.
+
+`round_to=r` (None or 1: off): a pruned group keeps a multiple of r channels, at least r (and
+its min_keep), or stays whole (`pruners.round_to`: odd counts make onnxruntime slower than the
+dense model). The total removed is then the grid's closest to round(amount·C) (ties: the
+fewer; beyond the grid's reach, its most, since a small group cannot lose a multiple):
+`uniform` and `global_magnitude` compute their exact counts as above (under the grid's caps)
+and round each group down or up to its grid, choosing the roundings whose total is closest to
+the target (then the least squared change); `layer_dp` optimises over the grid itself (its
+`params` / `macs` budget is still met: at least the target, else an error).
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
@@ -42,14 +52,16 @@ from nasbench_core.registry import Registry
 from pruners.allocation import largest_remainder
 from pruners.errors import PruneError
 from pruners.masks import live_masks, make_permanent
-from pruners.options import PrunerOptions
+from pruners.options import Count, PrunerOptions, Seed
+from pruners.round_to import removal_grid, round_counts
 
 if TYPE_CHECKING:  # torch_pruning imports timm (seconds): only the functions that trace load it
     import torch_pruning as tp
 
 Allocator = Callable[..., list[int]]
 SHRINKERS: Registry[Allocator] = Registry("structured pruning method", error=PruneError)
-"""Entries: `fn(model, groups, n_remove, options, **needs) -> channels removed per group`."""
+"""Entries: `fn(model, groups, n_remove, options, *, caps, grids, **needs) -> channels removed
+per group`, each one of its group's `grids` (the counts `round_to` allows; caps: their last)."""
 
 SHRINK_NEEDS = ("data",)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm)
@@ -59,6 +71,7 @@ class ShrinkOptions(PrunerOptions):
     importance: Literal["l1", "l2"] = "l2"
     min_keep: Annotated[int, Field(ge=1)] | Annotated[float, Field(gt=0.0, lt=1.0)] = 1
     ignore: list[str] = Field(default_factory=list)  # module-name globs whose channels stay
+    round_to: Annotated[int, Field(ge=1, le=1024)] | None = None  # kept counts: multiples of it
 
 
 class GlobalShrinkOptions(ShrinkOptions):
@@ -70,10 +83,10 @@ class DPShrinkOptions(ShrinkOptions):
     amount × the prunable parameters / MACs (and less than one more channel's worth)."""
 
     budget: Literal["channels", "params", "macs"] = "channels"
-    num_samples: Annotated[int, Field(ge=1)] = 256
-    num_amounts: Annotated[int, Field(ge=2)] = 21
-    batch_size: Annotated[int, Field(ge=1)] = 64
-    seed: int = 0
+    num_samples: Count = 256
+    num_amounts: Annotated[int, Field(ge=2, le=10_001)] = 21
+    batch_size: Annotated[int, Field(ge=1, le=65_536)] = 64
+    seed: Seed = 0
 
 
 @dataclass
@@ -98,6 +111,7 @@ class ChannelPlan:
     method: str = ""
     amount: float = 0.0
     budget: str = "channels"  # what `amount` is a fraction of (`DPShrinkOptions.budget`)
+    round_to: int | None = None  # kept counts are multiples of it (`ShrinkOptions.round_to`)
 
     @property
     def channels(self) -> int:
@@ -109,7 +123,7 @@ class ChannelPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "amount": self.amount, "budget": self.budget,
-                "channels": self.channels,
+                "round_to": self.round_to, "channels": self.channels,
                 "pruned": self.pruned,
                 "groups": [{"root": g.root, "channels": g.channels, "removed": r}
                            for g, r in zip(self.groups, self.removed, strict=True)]}
@@ -230,21 +244,28 @@ def _budget(o: ShrinkOptions) -> str:
     return getattr(o, "budget", "channels")
 
 
+def rounded(o: ShrinkOptions) -> bool:
+    """Whether kept counts are restricted to multiples (`round_to` > 1)."""
+    return (o.round_to or 1) > 1
+
+
 def _groups(model: nn.Module, method: str, amount: float, example_input: torch.Tensor,
-            o: ShrinkOptions) -> tuple[list[ChannelGroup], int, list[int]]:
-    """The scored groups, the channel count to remove and each group's cap, or a PruneError
-    (from the method's own `check` too)."""
+            o: ShrinkOptions) -> tuple[list[ChannelGroup], int, list[np.ndarray]]:
+    """The scored groups, the channel count to remove and the counts each group may lose
+    (`pruners.round_to.removal_grid`; its last is the group's cap), or a PruneError (from the
+    method's own `check` too)."""
     groups = channel_groups(model, dependency_graph(model, example_input), o.importance, o.ignore)
     total = sum(g.channels for g in groups)
     n_remove = round(amount * total)
-    caps = [max(0, g.channels - keep_count(o.min_keep, g.channels)) for g in groups]
-    if _budget(o) == "channels" and n_remove > sum(caps):
+    grids = [removal_grid(g.channels, keep_count(o.min_keep, g.channels), o.round_to) for g in groups]
+    caps = [int(grid[-1]) for grid in grids]
+    if _budget(o) == "channels" and n_remove > sum(caps) and not rounded(o):  # rounded: the closest
         raise PruneError(f"cannot remove {n_remove} of {total} channels keeping min_keep={o.min_keep} "
                          f"per group (at most {sum(caps)})")
     check = SHRINKERS.entry(method).meta["check"]
     if check is not None:
         check(model, groups, amount, o, caps=caps, example_input=example_input)
-    return groups, n_remove, caps
+    return groups, n_remove, grids
 
 
 def check_shrink(model: nn.Module, method: str, amount: float, *, example_input: torch.Tensor,
@@ -263,14 +284,15 @@ def plan_channels(model: nn.Module, method: str, amount: float, *, example_input
     if data is not None and not needs:
         raise PruneError(f"structured method {method!r} uses no calibration data")
     o = SHRINKERS.validate(method, options)
-    groups, n_remove, caps = _groups(model, method, amount, example_input, o)
-    counts = entry.obj(model, groups, n_remove, o, caps=caps, example_input=example_input,
-                       amount=amount, **needs)
-    exact = _budget(o) != "channels" or sum(counts) == n_remove
-    if not exact or any(not 0 <= c <= cap for c, cap in zip(counts, caps, strict=True)):
-        raise PruneError(f"internal: {method!r} allocated {sum(counts)} channels, not {n_remove}")
+    groups, n_remove, grids = _groups(model, method, amount, example_input, o)
+    counts = entry.obj(model, groups, n_remove, o, caps=[int(g[-1]) for g in grids], grids=grids,
+                       example_input=example_input, amount=amount, **needs)
+    exact = rounded(o) or _budget(o) != "channels" or sum(counts) == n_remove
+    if not exact or any(c not in grid for c, grid in zip(counts, grids, strict=True)):
+        raise PruneError(f"internal: {method!r} allocated {counts} channels, not {n_remove} on the "
+                         f"allowed counts")
     removed = [least_important(g.scores, c) for g, c in zip(groups, counts, strict=True)]
-    return ChannelPlan(groups, removed, method, amount, _budget(o))
+    return ChannelPlan(groups, removed, method, amount, _budget(o), o.round_to)
 
 
 def apply_plan(model: nn.Module, plan: ChannelPlan | dict[str, Any], *,
@@ -313,17 +335,18 @@ def shrink_with_plan(model: nn.Module, method: str, amount: float, *, example_in
 
 @register_shrinker("uniform")
 def _uniform(model: nn.Module, groups: Sequence[ChannelGroup], n_remove: int, o: ShrinkOptions, *,
-             caps: list[int], **_: Any) -> list[int]:
+             caps: list[int], grids: list[np.ndarray], **_: Any) -> list[int]:
     total = sum(g.channels for g in groups)
     ideal = [n_remove * g.channels / total if total else 0.0 for g in groups]
-    return largest_remainder(ideal, n_remove, caps)
+    counts = largest_remainder(ideal, min(n_remove, sum(caps)), caps)  # less: only when rounded
+    return round_counts(counts, grids, n_remove) if rounded(o) else counts
 
 
 @register_shrinker("global_magnitude", options=GlobalShrinkOptions)
 def _global(model: nn.Module, groups: Sequence[ChannelGroup], n_remove: int,
-            o: GlobalShrinkOptions, *, caps: list[int], **_: Any) -> list[int]:
+            o: GlobalShrinkOptions, *, caps: list[int], grids: list[np.ndarray], **_: Any) -> list[int]:
     """Lowest scores first over all groups (ties: earlier group, then lower index), skipping
-    channels of a group that reached its cap."""
+    channels of a group that reached its cap; with `round_to`, those counts rounded."""
     scores = [g.scores / g.scores.mean().clamp_min(1e-30) if o.normalize else g.scores for g in groups]
     flat = torch.cat(scores) if scores else torch.zeros(0)
     owner = torch.cat([torch.full((g.channels,), i) for i, g in enumerate(groups)]) if groups else flat
@@ -335,7 +358,7 @@ def _global(model: nn.Module, groups: Sequence[ChannelGroup], n_remove: int,
         if counts[i] < caps[i]:
             counts[i] += 1
             left -= 1
-    return counts
+    return round_counts(counts, grids, n_remove) if rounded(o) else counts
 
 
 __all__ = ["SHRINKERS", "ChannelGroup", "ChannelPlan", "DPShrinkOptions", "GlobalShrinkOptions",

@@ -26,6 +26,12 @@ def _pruning(fig):
                                                  "global_unstructured")}
         assert len(set(totals.values())) == 1, totals
         assert rows["permanent_extra_peak_pct_of_weights"] < rows["select_extra_peak_pct_of_weights"]
+    table = {(r["method"], r["sparsity"]): r for r in fig["quality"]["table"] if r["model"] == "mlp"}
+    for sp in (0.8, 0.95):  # an MLP's MACs are its weights: the FLOPs-budget DP is the params DP
+        assert table["layer_dp_flops", sp]["distortion_mean"] == table["layer_dp", sp]["distortion_mean"]
+        assert table["layer_dp_flops", sp]["macs_removed_mean"] == pytest.approx(sp, abs=1e-3)
+        for method in ("structured_layer_dp", "structured_uniform"):  # measured on the shrunk model
+            assert table[method, sp]["macs_removed_mean"] >= sp - 1e-9
 
 
 def _latency(fig):
@@ -59,8 +65,14 @@ def _early_stopping(fig):
     assert stopped <= saved <= stopped * (horizon - fig["min_epochs"])
 
 
+def _joint(fig):  # equal evaluations, the front's prunings, one reference point: brute force
+    from tests.test_bench_joint import check_report
+
+    check_report(fig)
+
+
 CHECKS = {"cuda_ext": _cuda_ext, "early_stopping": _early_stopping, "pruning": _pruning,
-          "latency": _latency, "mos": _mos, "search": _search}
+          "latency": _latency, "mos": _mos, "search": _search, "joint": _joint}
 
 
 def test_every_benchmark_has_a_smoke_check():

@@ -1,7 +1,8 @@
 """`nasbench bench pruning --set parts=layer_dp`: fast layer-DP against the reference computation.
 
 Torchvision ResNet-18 (random weights, seeded), `dp_samples` N(0,1) calibration images at
-32x32, K=101 amounts, sparsity `sparsity`, B=4096. In one run:
+32x32 — or, with `dp_model=mnist5k`, one trained 2 epochs on mnist5k and calibrated on its
+training images (28 px, 1-channel stem) — K=101 amounts, sparsity `sparsity`, B=4096. In one run:
 
 - `fast`: `layer_dp`'s default (`curves="adaptive"`: cached suffix forwards, coarse-to-fine
   amounts), timed end to end (curves + DP).
@@ -45,17 +46,39 @@ REFERENCE_AMOUNTS = (10, 50, 90)
 TOWARD_HIGH = (0, 20, 40, 55, 67, 77, 85, 90, 94, 97, 99, 100)  # a coarse grid dense where curves bend
 
 
-def layer_dp_vs_reference(*, samples: int, sparsity: float, seed: int,
-                          reference_full: bool = False) -> dict[str, Any]:
+def _random_resnet18(samples: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
     import torchvision
 
     torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=10).eval()
     x = torch.randn(samples, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return torchvision.models.resnet18(num_classes=10).eval(), x, "torchvision resnet18 (random init)"
+
+
+def _trained_resnet18(samples: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor, str]:
+    """ResNet-18 (1-channel stem) trained 2 epochs on mnist5k at 28 px, calibrated on its own
+    training images: are a trained model's curves smooth enough for fewer amounts?"""
+    from nasbench.bench._pruning_structured import _accuracy, _fit, resnet18
+    from nasbench.data import load_dataset
+
+    data = load_dataset(name="mnist5k", batch_size=128, seed=seed)
+    xt, yt = (torch.cat(t) for t in zip(*data.train_loader, strict=True))
+    xv, yv = (torch.cat(t) for t in zip(*data.val_loader, strict=True))
+    torch.manual_seed(seed)
+    model = resnet18(in_chans=1, num_classes=10)
+    _fit(model, xt, yt, 2, seed)
+    return model.eval(), xt[:samples], f"resnet18 trained on mnist5k (val acc {_accuracy(model, xv, yv)})"
+
+
+MODELS = {"random": _random_resnet18, "mnist5k": _trained_resnet18}
+
+
+def layer_dp_vs_reference(*, samples: int, sparsity: float, seed: int,
+                          reference_full: bool = False, model_kind: str = "random") -> dict[str, Any]:
+    model, x, label = MODELS[model_kind](samples, seed)
     targets = select_targets(model)
     n = sum(t.numel for t in targets)
     k = round(sparsity * n)
-    out: dict[str, Any] = {"model": "torchvision resnet18 (random init)", "input": [3, 32, 32],
+    out: dict[str, Any] = {"model": label, "input": list(x.shape[1:]),
                            "calibration_images": samples, "K": 101, "layers": len(targets),
                            "sparsity": sparsity, "budget_units": 4096,
                            "torch_threads": torch.get_num_threads()}

@@ -24,12 +24,13 @@ import pandas as pd
 import safetensors.torch
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import pruners
 from nasbench.classify import adam_train_fn
 from nasbench.data import load_dataset
 from pruners.baselines import layerwise_masks
-from pruners.layer_dp import distortion_curves, solve_dp
+from pruners.layer_dp import distortion_curves, layer_macs, solve_dp
 from pruners.magnitude import min_keep_counts
 
 METHODS = ("global_magnitude", "global_magnitude_mt", "uniform", "erk", "lamp", "layer_dp",
@@ -69,7 +70,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 
 
 def _finetune(model, train_fn, span):
-    keep = pruners.MaskKeeper(model)
+    """Fine-tune, keeping the masks if the model has any (a shrunk model has none)."""
+    keep = pruners.MaskKeeper(model) if pruners.get_masks(model) else (lambda: None)
     train_fn(model, pruners.Span(0, "it"), span, lambda it, ep: keep())
 
 
@@ -112,9 +114,12 @@ def quality(*, full: bool, quick: bool, seed: int) -> dict[str, Any]:
                     rows.append({**base, "method": method, "sparsity": sp, "acc": acc,
                                  "acc_finetuned": evaluate(model, xv, yv)[0],
                                  "distortion": dist})
+            rows.extend(_equal_macs(dense, targets, curves, amounts, sparsities, train_fn, calib,
+                                    xv, yv, dense_out, base))
             rows.extend(_lottery(init, train_fn, epochs, sparsities, n, xv, yv, base))
     df = pd.DataFrame(rows)
-    table = (df.groupby(["model", "method", "sparsity"])[["acc", "acc_finetuned", "distortion"]]
+    table = (df.groupby(["model", "method", "sparsity"])[["acc", "acc_finetuned", "distortion",
+                                                          "macs_removed"]]
              .agg(["mean", "std"]).round(4))
     table.columns = [f"{a}_{b}" for a, b in table.columns]
     err = pd.DataFrame(dp_err).groupby(["model", "sparsity"]).mean(numeric_only=True)
@@ -140,6 +145,78 @@ def _prune(model, method, sp, curves, amounts) -> None:
         pruners.prune(model, "global_magnitude", sp, min_keep=MIN_KEEP)
     else:
         pruners.prune(model, method, sp)
+
+
+def _equal_macs(dense, targets, curves, amounts, sparsities, train_fn, calib, xv, yv, dense_out,
+                base) -> list[dict]:
+    """At each MAC fraction removed (the sparsity column): unstructured layer-DP with the FLOPs
+    budget (`layer_dp_flops`, one-shot from the dense curves, >= 1% of each layer kept) against
+    channel pruning with a MACs budget (`structured_layer_dp`, a physically smaller model) and
+    uniform channels
+    (`structured_uniform`, removing the channel fraction that removes at least as many MACs).
+    `macs_removed` is measured: flop_counter on the shrunk model, or each layer's MACs times its
+    pruned fraction for masks (what a sparse kernel could skip)."""
+    example = calib[:1]
+    macs = layer_macs(dense, targets, example)
+    sizes = [t.numel for t in targets]
+    prices = [round(m / n) for m, n in zip(macs, sizes, strict=True)]
+    dense_macs = _module_macs(dense, example)
+    caps = [n - c for n, c in zip(sizes, min_keep_counts(sizes, MIN_KEEP), strict=True)]
+    rows = []
+    for sp in sparsities:
+        model = copy.deepcopy(dense)
+        goal = math.ceil(sp * sum(macs))
+        sol = solve_dp(curves, sizes, amounts, goal, prices=prices, caps=caps)
+        model_targets = pruners.select_targets(model)
+        masks = layerwise_masks(model_targets, sol.counts)
+        pruners.apply_masks(model, {t.name: m for t, m in zip(model_targets, masks, strict=True)})
+        removed = sum(m * c / n for m, c, n in zip(macs, sol.counts, sizes, strict=True))
+        rows.append(_scored(model, "layer_dp_flops", sp, removed / sum(macs), train_fn, xv, yv,
+                            dense_out, base))
+        for method, kwargs in (("layer_dp", {"budget": "macs", "min_keep": MIN_KEEP_CHANNELS}),
+                               ("uniform", {"min_keep": MIN_KEEP_CHANNELS})):
+            amount = sp if method == "layer_dp" else _uniform_amount(dense, sp, example, dense_macs)
+            if amount is None:
+                continue
+            try:
+                small = pruners.shrink(dense, method, amount, example_input=example, **kwargs)
+            except pruners.PruneError:
+                continue  # the MAC fraction is out of reach within min_keep
+            frac = 1 - _module_macs(small, example) / dense_macs
+            rows.append(_scored(small, f"structured_{method}", sp, frac, train_fn, xv, yv,
+                                dense_out, base))
+    return rows
+
+
+MIN_KEEP_CHANNELS = 0.05  # structured rows keep >= 5% of every channel group
+
+
+def _module_macs(model: nn.Module, example: torch.Tensor) -> int:
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example)
+    return counter.get_total_flops() // 2
+
+
+def _uniform_amount(dense, sp, example, dense_macs) -> float | None:
+    """The smallest uniform channel fraction (on a 1% grid) that removes >= sp of the MACs."""
+    for pct in range(1, 96):
+        try:
+            small = pruners.shrink(dense, "uniform", pct / 100, example_input=example,
+                                   min_keep=MIN_KEEP_CHANNELS)
+        except pruners.PruneError:
+            return None
+        if 1 - _module_macs(small, example) / dense_macs >= sp:
+            return pct / 100
+    return None
+
+
+def _scored(model, method, sp, macs_removed, train_fn, xv, yv, dense_out, base) -> dict:
+    acc, out = evaluate(model, xv, yv)
+    dist = float((out - dense_out).square().mean())
+    _finetune(model, train_fn, pruners.Span(1, "ep"))
+    return {**base, "method": method, "sparsity": sp, "macs_removed": macs_removed, "acc": acc,
+            "acc_finetuned": evaluate(model, xv, yv)[0], "distortion": dist}
 
 
 def _dp_error(curves, sizes, amounts, k) -> dict[str, float]:

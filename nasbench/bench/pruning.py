@@ -51,6 +51,7 @@ class PruningSettings(BenchSettings):
     dp_samples: Annotated[int, Field(ge=2)] = 1024  # layer_dp part: calibration images
     dp_sparsity: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
     dp_reference_full: Flag = False  # layer_dp part: time the whole reference (~1 h), no subset
+    dp_model: Literal["random", "mnist5k"] = "random"  # layer_dp part: random init or trained
 
 
 @benchmark("pruning", help="global magnitude vs torch global_unstructured; DP solve; mnist5k",
@@ -75,7 +76,7 @@ def run(opts: BenchOptions) -> dict[str, Any]:
 
         figures["layer_dp"] = layer_dp_vs_reference(
             samples=8 if opts.quick else s.dp_samples, sparsity=s.dp_sparsity, seed=opts.seed,
-            reference_full=s.dp_reference_full)
+            reference_full=s.dp_reference_full, model_kind=s.dp_model)
     return figures
 
 
