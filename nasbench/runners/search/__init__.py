@@ -25,7 +25,7 @@ from nasbench.config.loader import RELATIVE
 from nasbench.config.sections import MAX_BUDGET
 from nasbench.data.fixed import FixedSubset
 from nasbench.errors import ConfigError, RunError
-from nasbench.runners.search.table_writer import TableWriter
+from nasbench.runners.search.table_writer import TableWriter, save_front
 from nasbench.runners.search.tabular import BenchmarkSource, EarlyStoppingSection, check_benchmark_config
 from nasbench.runs import Run
 
@@ -235,7 +235,6 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
         EvaluationLog,
         log_path,
         read_table,
-        with_pareto,
         write_table,
     )
     from search.warm_start import own_rows
@@ -302,12 +301,7 @@ def _run(config: SearchConfig, resume: Path | None) -> Run:
             problem = search.SearchProblem(evaluator, constraints, zero_cost=scorer)
             optimizer.run(problem, seed=config.run.seed, workdir=run.path)
 
-        df = evaluator.df
-        feasible = search.feasible_mask(df, constraints)
-        front = with_pareto(df[feasible], evaluator.directions)
-        front = front[front["is_pareto"]].reset_index(drop=True)
-        write_table(table_path, df, evaluator.metadata())
-        write_table(run.path / "pareto.parquet", front, evaluator.metadata())
+        df, feasible, front = save_front(evaluator, constraints, table_path, run.path / "pareto.parquet")
         x, y = _plot_axes(objectives)
         title = f"{config.optimizer.name}, {len(df)} evaluations"
         if not info["trained"]:

@@ -1,4 +1,4 @@
-"""The Evaluator's `on_update` in both search modes: write the table, report progress."""
+"""Writing a search's table in both modes (supernet and tabular): as it grows, and at the end."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ class TableWriter:
         if count - self.shown >= 10 or count == self.budget:
             self.shown = count
             echo(f"evaluated {count}/{self.budget}")
+
+
+def save_front(evaluator: Any, constraints: Any, table_path: Path, front_path: Path):
+    """The final table and its feasible Pareto front, both written; returns (table, feasible
+    mask, front)."""
+    import search
+    from search.evaluations import with_pareto, write_table
+
+    df = evaluator.df
+    feasible = search.feasible_mask(df, constraints)
+    front = with_pareto(df[feasible], evaluator.directions)
+    front = front[front["is_pareto"]].reset_index(drop=True)
+    write_table(table_path, df, evaluator.metadata())
+    write_table(front_path, front, evaluator.metadata())
+    return df, feasible, front

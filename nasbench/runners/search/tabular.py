@@ -26,7 +26,7 @@ from pydantic import Field
 
 from nasbench.config import StrictModel
 from nasbench.errors import ConfigError, RunError
-from nasbench.runners.search.table_writer import TableWriter
+from nasbench.runners.search.table_writer import TableWriter, save_front
 from nasbench.runs import Run
 
 if TYPE_CHECKING:
@@ -175,7 +175,6 @@ def run(config: SearchConfig, resume: Path | None) -> Run:
         empty_table,
         log_path,
         read_table,
-        with_pareto,
         write_table,
     )
     from search.problem import STOPPED
@@ -245,12 +244,7 @@ def run(config: SearchConfig, resume: Path | None) -> Run:
             optimizer.run(search.SearchProblem(evaluator, constraints), seed=config.run.seed,
                           workdir=run.path)
 
-        df = evaluator.df
-        feasible = search.feasible_mask(df, constraints)
-        front = with_pareto(df[feasible], evaluator.directions)
-        front = front[front["is_pareto"]].reset_index(drop=True)
-        write_table(table_path, df, evaluator.metadata())
-        write_table(run.path / "pareto.parquet", front, evaluator.metadata())
+        df, feasible, front = save_front(evaluator, constraints, table_path, run.path / "pareto.parquet")
         x, y = _plot_axes(objectives)
         _save_plot(df, evaluator.directions, x, y, feasible,
                    f"{config.optimizer.name} on {bench.name}, {len(df)} evaluations",
