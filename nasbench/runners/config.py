@@ -113,3 +113,12 @@ def stored_config(run: Any, model: type[ModelT]) -> ModelT:
     except ValidationError as exc:
         raise RunError(f"{run.path}: its config does not fit this nasbench "
                        f"({describe_validation_error(exc, model, 'config.yaml')})") from None
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) wherever two JSON documents differ (a key missing from one is
+    None): what a resume with other settings would change."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new))
+                for d in config_differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]

@@ -22,6 +22,7 @@ from pydantic import Field
 from nasbench.config import RunConfig, StrictModel
 from nasbench.config.sections import MAX_BATCH
 from nasbench.errors import RunError, UserError
+from nasbench.runners.config import config_differences
 from nasbench.runs import Run, RunLock
 
 if TYPE_CHECKING:  # both import torch: loaded when a measurement runs, not with the CLI
@@ -197,7 +198,7 @@ def _check_resumable(path: Path, cfg: LatencyMeasureConfig, setup: dict[str, Any
         {"config": _settings_of(cfg.model_dump(mode="json")), **setup}, default=str))
     sections = [name for name in ("config", "settings", "supernet", "space", "space_fingerprint",
                                   "device") if name in stored]  # a setting before what it implies
-    changed = [d for name in sections for d in _differences(stored[name], wanted[name], f"{name}.")]
+    changed = [d for name in sections for d in config_differences(stored[name], wanted[name], f"{name}.")]
     if changed:
         key, old, new = changed[0]
         raise RunError(f"cannot resume {run.path}: {key.removeprefix('config.')} was {_short(old)}, "
@@ -213,14 +214,6 @@ def _settings_of(config: dict[str, Any]) -> dict[str, Any]:
     wherever it has moved; everything else decides what is timed and how."""
     run = {k: v for k, v in config.get("run", {}).items() if k not in ("root", "name")}
     return {**config, "run": run}
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old, new) wherever two JSON documents differ; a key missing from one is None."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for key in sorted(set(old) | set(new))
-                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def _short(value: Any) -> str:

@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 from nasbench.config import DataConfig, RunConfig, StrictModel
 from nasbench.config.sections import MAX_EPOCHS
 from nasbench.errors import CheckpointError, ConfigError, RunError
+from nasbench.runners.config import config_differences
 from nasbench.runs import Run
 
 
@@ -236,7 +237,7 @@ def _check_resumable(cfg: PruneConfig, path: Path) -> None:
                           f"method {cfg.prune.method!r} has none: start a new run")
     stored = stored_run.config.model_dump(mode="json")
     wanted = cfg.model_dump(mode="json")
-    for key, old, new in _differences(stored, wanted):
+    for key, old, new in config_differences(stored, wanted):
         raise ConfigError(f"cannot resume {path}: {key} was {old!r}, now {new!r}; a resume keeps "
                           "the run's settings (start a new run to change them)")
 
@@ -254,13 +255,6 @@ def _check_lottery_files(run: Run) -> None:
     if "stage" not in metrics or not (metrics["stage"] == "dense").any():
         raise RunError(f"{run.path / 'metrics.csv'} lacks the dense row the lottery's levels "
                        "follow (cut short or edited by hand?)")
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for key in sorted(set(old) | set(new))
-                for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
-    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def _control_accuracies(run: Run) -> dict[str, float]:
